@@ -1,0 +1,42 @@
+"""The one narrow interface between the core and whoever records its results.
+
+The core calls these hooks; `sweeps.tracking` implements them with MLflow, tests with a
+list, the defaults print nothing. Nothing here knows about MLflow.
+"""
+from pathlib import Path
+
+
+class Callback:
+    def on_metrics(self, metrics: dict, step: int) -> None:
+        """Scalar metrics at `step` (training loss at update counts; per-phase values at step counts)."""
+
+    def on_checkpoint(self, path: Path, sha256: str, name: str) -> None:
+        """A checkpoint file was written atomically (its sha256 is recorded with it)."""
+
+    def on_image(self, path: Path, name: str) -> None:
+        """A PNG (sample grid) was written."""
+
+    def on_phase_end(self, phase: int, steps: int, model, metrics: dict) -> dict:
+        """A phase finished; `model` is the one that will be evaluated at `steps` steps.
+        Return extra metrics (e.g. FID) to be recorded with the phase's own."""
+        return {}
+
+
+class RecordingCallback(Callback):
+    """Keeps everything in lists: for tests and notebooks."""
+
+    def __init__(self):
+        self.metrics, self.checkpoints, self.images, self.phases = [], [], [], []
+
+    def on_metrics(self, metrics, step):
+        self.metrics.append((step, dict(metrics)))
+
+    def on_checkpoint(self, path, sha256, name):
+        self.checkpoints.append((Path(path), sha256, name))
+
+    def on_image(self, path, name):
+        self.images.append((Path(path), name))
+
+    def on_phase_end(self, phase, steps, model, metrics):
+        self.phases.append((phase, steps, dict(metrics)))
+        return {}

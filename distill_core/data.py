@@ -1,0 +1,133 @@
+"""Datasets as tensors in [-1, 1], resident in memory, sampled by index.
+
+All supported sets fit in RAM (digits 1,797 x 8x8; Fashion-MNIST 60k x 28x28; CIFAR-10
+50k x 32x32x3 as uint8), so a batch is an index draw from a seeded generator: no DataLoader
+workers, fully deterministic. Horizontal flips only for cifar10.
+"""
+import gzip
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "toy2d")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DataError(RuntimeError):
+    pass
+
+
+@dataclass
+class TensorData:
+    """uint8 images (N, C, H, W) scaled by `levels`, or float points (N, D) for toy2d."""
+    name: str
+    values: torch.Tensor
+    levels: Optional[int] = 255  # None: values are already float in model space
+    flip: bool = False
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.values.shape[1:])
+
+    def to_model_space(self, v: torch.Tensor) -> torch.Tensor:
+        return v.float() if self.levels is None else v.float() * (2.0 / self.levels) - 1.0
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(self), (batch_size,), generator=generator)
+        x = self.to_model_space(self.values[idx])
+        if self.flip:
+            flip = torch.rand(batch_size, generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x
+
+    def all(self) -> torch.Tensor:
+        return self.to_model_space(self.values)
+
+    def uint8_images(self) -> torch.Tensor:
+        """Images as uint8 0..255 (for FID reference statistics and grids)."""
+        return ((self.all() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def load(name: str, split: str = "train", root: Optional[str] = None, seed: int = 0, toy_size: int = 8192) -> TensorData:
+    if name not in DATASETS:
+        raise DataError(f"data.name must be one of {', '.join(DATASETS)}; got {name!r}")
+    if split not in ("train", "test"):
+        raise DataError(f"data.split must be train or test; got {split!r}")
+    return {"digits": _digits, "fashion_mnist": _fashion_mnist, "mnist": _mnist,
+            "cifar10": _cifar10, "toy2d": _toy2d}[name](split, root, seed, toy_size)
+
+
+def _digits(split, root, seed, toy_size) -> TensorData:
+    """scikit-learn's bundled 1,797 8x8 digits (values 0..16). 'test' is a fixed 10% holdout."""
+    from sklearn.datasets import load_digits
+    images = torch.from_numpy(load_digits().images.astype(np.uint8))[:, None]
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
+    n_test = len(images) // 10
+    idx = order[n_test:] if split == "train" else order[:n_test]
+    return TensorData("digits", images[idx], levels=16)
+
+
+def _toy2d(split, root, seed, toy_size) -> TensorData:
+    """Eight Gaussians on a circle of radius 0.7 (std 0.05), inside [-1, 1]^2."""
+    g = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
+    k = torch.randint(8, (toy_size,), generator=g)
+    angle = k.float() * (2 * math.pi / 8)
+    centers = 0.7 * torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+    return TensorData("toy2d", centers + 0.05 * torch.randn(toy_size, 2, generator=g), levels=None)
+
+
+def _fashion_mnist(split, root, seed, toy_size) -> TensorData:
+    """Full Fashion-MNIST: torchvision's layout under `root`, filled from Debian's
+    dataset-fashion-mnist package when present, else torchvision's download."""
+    from torchvision.datasets import FashionMNIST
+    root = Path(root or Path.home() / ".cache" / "distill-sweeps" / "data")
+    raw = root / "FashionMNIST" / "raw"
+    if DEBIAN_FASHION_MNIST.is_dir() and not any(raw.glob("*ubyte")):
+        raw.mkdir(parents=True, exist_ok=True)
+        for gz in DEBIAN_FASHION_MNIST.glob("*.gz"):
+            with gzip.open(gz) as src, open(raw / gz.name[:-3], "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    ds = _torchvision(FashionMNIST, root, split, f"{raw}/*-ubyte (apt-get install dataset-fashion-mnist)")
+    return TensorData("fashion_mnist", ds.data[:, None].clone())
+
+
+def _mnist(split, root, seed, toy_size) -> TensorData:
+    from torchvision.datasets import MNIST
+    root = Path(root or Path.home() / ".cache" / "distill-sweeps" / "data")
+    ds = _torchvision(MNIST, root, split, f"{root}/MNIST/raw/*-ubyte")
+    return TensorData("mnist", ds.data[:, None].clone())
+
+
+def _cifar10(split, root, seed, toy_size) -> TensorData:
+    """torchvision's CIFAR-10 under `root`, or an .npz of uint8 NCHW arrays x_train / x_test
+    (such as shared/assets/cifar10_partial.npz) when `root` names a .npz file."""
+    if root and str(root).endswith(".npz"):
+        if not Path(root).is_file():
+            raise DataError(f"data.root: CIFAR-10 .npz not found at {root}")
+        with np.load(root) as f:
+            x = torch.from_numpy(f[f"x_{split}"])
+        return TensorData("cifar10", x, flip=split == "train")
+    from torchvision.datasets import CIFAR10
+    root = Path(root or Path.home() / ".cache" / "distill-sweeps" / "data")
+    ds = _torchvision(CIFAR10, root, split, f"{root}/cifar-10-batches-py/")
+    return TensorData("cifar10", torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), flip=split == "train")
+
+
+def _torchvision(cls, root: Path, split: str, expected: str):
+    try:
+        return cls(str(root), train=split == "train", download=False)
+    except RuntimeError:
+        pass
+    try:
+        return cls(str(root), train=split == "train", download=True)
+    except Exception as e:
+        raise DataError(f"{cls.__name__} files not found: expected {expected} "
+                        f"(download failed: {type(e).__name__})") from None

@@ -1,0 +1,269 @@
+"""One phase runner for both distillation methods (DESIGN 3.6 and 3.7).
+
+BTD and TRACT differ only in how a batch's target is made and which EMAs exist:
+- BTD: each phase starts a fresh student from the teacher, with a fresh optimizer; the
+  target is k teacher DDIM steps inverted into one student step.
+- TRACT: one student, self-teacher (EMA mu_s) and optimizer live across phases; the target is
+  one teacher step plus a self-teacher jump to the group start.
+In both, the inference EMA (mu_i; 0 = none) is what is evaluated, saved and becomes the next
+phase's teacher. The whole state is checkpointed atomically during and after each phase, so a
+killed job resumes where it stopped and ends with the same weights.
+"""
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from . import rng
+from .callbacks import Callback
+from .checkpoint import load_checked, save_atomic
+from .data import TensorData
+from .diffusion import DiffusionModel
+from .ema import EMA
+from .images import save_grid
+from .loop import LoopSettings, run_updates
+from .schedules import alpha_sigma, expand
+from .targets import btd_target, grid_time, sample_btd_times, sample_tract_times, tract_target
+from .weighting import check as check_weighting
+from .weighting import weighted_x_loss
+
+log = logging.getLogger(__name__)
+METHODS = ("tract", "btd")
+
+
+@dataclass
+class DistillConfig:
+    method: str = "tract"
+    schedule: Sequence[int] = (256, 16, 1)
+    mu_s: float = 0.5
+    mu_i: float = 0.0
+    mu_i_residual: Optional[float] = None  # TRACT's rule: mu_i = residual ** (1 / updates_per_phase)
+    weighting: str = "truncated_snr"
+    updates_per_phase: int = 300
+    batch_size: int = 128
+    lr: float = 3e-4
+    anneal_lr: bool = True
+    grad_clip: float = 1.0
+    clip_x: Optional[bool] = None  # None: the reference's choice (btd off, tract on)
+    checkpoint_every: int = 100
+    log_every: int = 25
+    seed: int = 0
+    inject_nan_at: Optional[int] = None  # testing knob: make the loss NaN at this global update
+
+
+def validate(cfg: DistillConfig) -> None:
+    """One clear ValueError naming the key and what is allowed."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"distill.method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
+    s = list(cfg.schedule)
+    if len(s) < 2 or any(not isinstance(n, int) or n < 1 for n in s):
+        raise ValueError(f"distill.schedule must list at least two positive integer step counts; got {s}")
+    for a, b in zip(s, s[1:]):
+        if not a > b:
+            raise ValueError(f"distill.schedule must be strictly decreasing; got {s}")
+        if a % b:
+            raise ValueError(f"distill.schedule: each count must divide the previous one; {b} does not divide {a} in {s}")
+    for key in ("mu_s", "mu_i"):
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise ValueError(f"distill.{key} must be in [0, 1); got {getattr(cfg, key)}")
+    if cfg.mu_i_residual is not None and not 0.0 < cfg.mu_i_residual < 1.0:
+        raise ValueError(f"distill.mu_i_residual must be in (0, 1) or null; got {cfg.mu_i_residual}")
+    for key in ("updates_per_phase", "batch_size"):
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+            raise ValueError(f"distill.{key} must be a positive integer; got {getattr(cfg, key)}")
+    if not cfg.lr > 0:
+        raise ValueError(f"distill.lr must be > 0; got {cfg.lr}")
+    check_weighting(cfg.weighting)
+
+
+def inference_momentum(cfg: DistillConfig) -> float:
+    if cfg.mu_i_residual is not None:
+        return cfg.mu_i_residual ** (1.0 / cfg.updates_per_phase)
+    return cfg.mu_i
+
+
+@dataclass
+class PhaseResult:
+    phase: int
+    teacher_steps: int
+    steps: int
+    metrics: dict
+
+
+@dataclass
+class DistillResult:
+    model: DiffusionModel
+    phases: list = field(default_factory=list)
+
+
+def gap(model: DiffusionModel, noise: torch.Tensor, steps: int, reference: torch.Tensor) -> float:
+    """RMSE between the model's `steps`-step DDIM samples and the reference samples from the same noise."""
+    return float((model.sample(noise, steps) - reference).pow(2).mean().sqrt())
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+
+
+class Distiller:
+    """Holds the state of one distillation job; `run()` executes (or resumes) it."""
+
+    def __init__(self, teacher: DiffusionModel, data: TensorData, cfg: DistillConfig, workdir: Path,
+                 callback: Optional[Callback] = None, device: str = "cpu", eval_noise: Optional[torch.Tensor] = None,
+                 progress: bool = True):
+        validate(cfg)
+        self.cfg, self.data, self.device, self.progress = cfg, data, device, progress
+        self.callback = callback or Callback()
+        self.workdir = Path(workdir)
+        self.clip = cfg.clip_x if cfg.clip_x is not None else cfg.method == "tract"
+        self.original_teacher = teacher.to(device).eval()
+        self.eval_noise = eval_noise if eval_noise is not None else \
+            torch.randn((64, *teacher.data_shape), generator=torch.Generator().manual_seed(cfg.seed + 1))
+        self.eval_noise = self.eval_noise.to(device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.mu_i = inference_momentum(cfg)
+        # state that a checkpoint carries
+        self.phase, self.step = 0, 0
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.student = self._new_student(self.teacher)
+        self.self_teacher = EMA(self.student, cfg.mu_s) if cfg.method == "tract" else None
+        self.ema_i = EMA(self.student, self.mu_i)
+        self.optimizer = self._new_optimizer()
+        self.results: list[PhaseResult] = []
+
+    def _new_student(self, source: DiffusionModel) -> DiffusionModel:
+        student = copy.deepcopy(source).train().requires_grad_(True)
+        set_dropout(student, 0.0)
+        return student
+
+    def _new_optimizer(self):
+        return torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.workdir / "distill_latest.pt"
+
+    # --- checkpoints ---
+    def state(self) -> dict:
+        return {"phase": self.phase, "step": self.step, "teacher": self.teacher.state_dict(),
+                "student": self.student.state_dict(), "ema_i": self.ema_i.state_dict(),
+                "self_teacher": self.self_teacher.state_dict() if self.self_teacher else None,
+                "optimizer": self.optimizer.state_dict(), "rng": rng.capture(self.generator),
+                "results": [r.__dict__ for r in self.results]}
+
+    def save(self, name: str) -> None:
+        digest = save_atomic(self.state(), self.workdir / name)
+        if name != self.checkpoint_path.name:
+            save_atomic(self.state(), self.checkpoint_path)
+        self.callback.on_checkpoint(self.workdir / name, digest, name)
+
+    def load(self, path: Path) -> None:
+        state = load_checked(path, map_location=self.device)
+        self.phase, self.step = state["phase"], state["step"]
+        self.teacher.load_state_dict(state["teacher"])
+        self.student.load_state_dict(state["student"])
+        self.ema_i.load_state_dict(state["ema_i"])
+        if self.self_teacher is not None:
+            self.self_teacher.load_state_dict(state["self_teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng.restore(state["rng"], self.generator)
+        self.results = [PhaseResult(**r) for r in state["results"]]
+
+    # --- one batch ---
+    def loss(self, teacher_steps: int, student_steps: int) -> torch.Tensor:
+        cfg, g, dev = self.cfg, self.generator, self.device
+        x = self.data.batch(cfg.batch_size, g).to(dev)
+        eps = torch.randn(x.shape, generator=g).to(dev)
+        teacher = self.teacher.denoiser(self.clip)
+        with torch.inference_mode():
+            if cfg.method == "btd":
+                k = teacher_steps // student_steps
+                grid = k * student_steps
+                t_index = sample_btd_times(cfg.batch_size, student_steps, k, g).to(dev)
+                t = grid_time(t_index, grid)
+                a, s = (expand(v, x) for v in alpha_sigma(t))
+                z_t = a * x + s * eps
+                target = btd_target(teacher, z_t, t_index, k, grid)
+            else:
+                base = cfg.schedule[0]
+                t_index, prev_index, start_index = (i.to(dev) for i in sample_tract_times(
+                    cfg.batch_size, base, teacher_steps, student_steps, g))
+                t = grid_time(t_index, base)
+                a, s = (expand(v, x) for v in alpha_sigma(t))
+                z_t = a * x + s * eps
+                target = tract_target(teacher, self.self_teacher.module.denoiser(self.clip), z_t,
+                                      t_index, prev_index, start_index, base)
+        z_t, target, t = z_t.clone(), target.clone(), t.clone()
+        loss = weighted_x_loss(cfg.weighting, self.student.logsnr(t), self.student.x_hat(z_t, t), target)
+        if cfg.inject_nan_at is not None and self._global_step == cfg.inject_nan_at:
+            loss = loss * float("nan")
+        self._global_step += 1
+        return loss
+
+    def eval_model(self) -> DiffusionModel:
+        return self.ema_i.module if self.mu_i > 0 else self.student
+
+    # --- the job ---
+    def run(self, resume: bool = True) -> DistillResult:
+        cfg = self.cfg
+        if resume and self.checkpoint_path.exists():
+            self.load(self.checkpoint_path)
+            log.info("resuming distillation at phase %d, update %d", self.phase + 1, self.step)
+        schedule = list(cfg.schedule)
+        reference = self.original_teacher.sample(self.eval_noise, schedule[0])
+        n_phases = len(schedule) - 1
+        while self.phase < n_phases:
+            p = self.phase
+            teacher_steps, student_steps = schedule[p], schedule[p + 1]
+            log.info("phase %d/%d (%s): %d -> %d steps, %d updates", p + 1, n_phases, cfg.method,
+                     teacher_steps, student_steps, cfg.updates_per_phase)
+            self._global_step = p * cfg.updates_per_phase + self.step
+            settings = LoopSettings(updates=cfg.updates_per_phase, lr=cfg.lr, anneal=cfg.anneal_lr,
+                                    grad_clip=cfg.grad_clip, log_every=cfg.log_every,
+                                    checkpoint_every=cfg.checkpoint_every, progress=self.progress,
+                                    desc=f"{cfg.method} {teacher_steps}->{student_steps}", metric_prefix="distill")
+            emas = [e for e in (self.self_teacher, self.ema_i if self.mu_i > 0 else None) if e is not None]
+
+            def save_mid(step: int) -> None:
+                self.step = step
+                self.save(self.checkpoint_path.name)
+
+            run_updates(self.student, self.optimizer, lambda: self.loss(teacher_steps, student_steps), settings,
+                        start=self.step, step_offset=p * cfg.updates_per_phase, emas=emas,
+                        callback=self.callback, save_checkpoint=save_mid)
+            self._end_phase(p, teacher_steps, student_steps, reference)
+        final = copy.deepcopy(self.teacher)  # after the last phase the teacher is the final student
+        final.info = dict(self.original_teacher.info, role="student", method=cfg.method, schedule=schedule,
+                          steps=schedule[-1], distilled_steps=schedule[1:],
+                          teacher_info=dict(self.original_teacher.info))
+        return DistillResult(final, self.results)
+
+    def _end_phase(self, p: int, teacher_steps: int, student_steps: int, reference: torch.Tensor) -> None:
+        model = self.eval_model()
+        metrics = {"gap": gap(model, self.eval_noise, student_steps, reference),
+                   "teacher_gap": gap(self.original_teacher, self.eval_noise, student_steps, reference)}
+        grid = self.workdir / f"samples_phase{p + 1}_{student_steps}steps.png"
+        save_grid(model.sample(self.eval_noise, student_steps), grid)
+        self.callback.on_image(grid, grid.name)
+        metrics.update(self.callback.on_phase_end(p, student_steps, model, metrics) or {})
+        self.callback.on_metrics(metrics, student_steps)
+        log.info("phase %d done: %d steps, gap %.4f (teacher at %d steps: %.4f)", p + 1, student_steps,
+                 metrics["gap"], student_steps, metrics["teacher_gap"])
+        self.results.append(PhaseResult(p, teacher_steps, student_steps, metrics))
+        # hand over: the evaluated model becomes the next phase's teacher
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.cfg.method == "btd":
+            self.student = self._new_student(self.teacher)
+            self.ema_i = EMA(self.student, self.mu_i)
+            self.optimizer = self._new_optimizer()
+        self.phase, self.step = p + 1, 0
+        self.save(f"phase{p + 1}_{student_steps}steps.pt")
+
+
+def distill(teacher: DiffusionModel, data: TensorData, cfg: DistillConfig, workdir: Path, **kwargs) -> DistillResult:
+    return Distiller(teacher, data, cfg, workdir, **kwargs).run()

@@ -1,0 +1,92 @@
+"""Teacher training: the continuous-time denoising objective (DESIGN 3.5).
+
+t ~ U[0, 1], z_t = alpha_t x + sigma_t eps, loss w(lambda_t) ||x_hat(z_t) - x||^2 with the
+configured parameterisation and weighting; Adam with warm-up, gradient clipping and a
+bias-corrected EMA of the weights, which is the teacher that is returned. Deterministic on
+CPU for a given seed; resumable from its checkpoint.
+"""
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import rng
+from .callbacks import Callback
+from .checkpoint import load_checked, save_atomic
+from .data import TensorData
+from .diffusion import DiffusionModel
+from .ema import EMA
+from .loop import LoopSettings, run_updates
+from .schedules import alpha_sigma_from_logsnr, expand
+from .weighting import check as check_weighting
+from .weighting import weighted_x_loss
+
+
+@dataclass
+class TeacherConfig:
+    preset: str = "unet_tiny"
+    parameterization: str = "v"
+    weighting: str = "snr_plus_one"
+    updates: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    dropout: Optional[float] = None  # None: the preset's
+    seed: int = 0
+    checkpoint_every: int = 500
+
+
+def denoising_loss(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, weighting: str) -> torch.Tensor:
+    logsnr = model.logsnr(t)
+    alpha, sigma = (expand(v, x) for v in alpha_sigma_from_logsnr(logsnr))
+    return weighted_x_loss(weighting, logsnr, model.x_hat(alpha * x + sigma * eps, t), x)
+
+
+def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callback] = None,
+                  checkpoint_path: Optional[Path] = None, device: str = "cpu", progress: bool = True) -> DiffusionModel:
+    """Train (or resume training) a teacher; returns its EMA weights as a DiffusionModel."""
+    check_weighting(cfg.weighting)
+    callback = callback or Callback()
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = DiffusionModel(cfg.preset, data.shape, cfg.parameterization,
+                           network_overrides={"dropout": cfg.dropout},
+                           info={"role": "teacher", "method": "teacher", "dataset": data.name,
+                                 "teacher_config": asdict(cfg)}).to(device)
+    ema = EMA(model, cfg.ema)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_checked(checkpoint_path, map_location=device)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.restore(state["rng"], generator)
+        start = state["step"]
+
+    def save(step: int) -> None:
+        if checkpoint_path is None:
+            return
+        digest = save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                              "step": step, "rng": rng.capture(generator)}, checkpoint_path)
+        callback.on_checkpoint(Path(checkpoint_path), digest, "teacher")
+
+    def loss_fn() -> torch.Tensor:
+        x = data.batch(cfg.batch_size, generator).to(device)
+        t = torch.rand(cfg.batch_size, generator=generator).to(device)
+        eps = torch.randn(x.shape, generator=generator).to(device)
+        return denoising_loss(model, x, t, eps, cfg.weighting)
+
+    settings = LoopSettings(updates=cfg.updates, lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip,
+                            checkpoint_every=cfg.checkpoint_every, desc="teacher", metric_prefix="teacher",
+                            progress=progress)
+    if start < cfg.updates:
+        run_updates(model, optimizer, loss_fn, settings, start=start, emas=[ema], callback=callback, save_checkpoint=save)
+        save(cfg.updates)
+    teacher = ema.module
+    teacher.info = dict(model.info, updates=cfg.updates)
+    return teacher.eval()

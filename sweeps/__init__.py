@@ -1,0 +1,1 @@
+"""sweeps: the Hydra application, MLflow tracking and registry, Optuna sweeps, reports."""
