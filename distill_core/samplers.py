@@ -27,7 +27,7 @@ def time_grid(steps: int, batch: int, device) -> list[tuple[torch.Tensor, torch.
     """The (t, s) pairs 1 -> 1 - 1/N -> ... -> 0 of an N-step sampler, each as (B,) tensors."""
     if steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps}")
-    grid = torch.arange(steps, -1, -1, dtype=torch.float32, device=device) / steps
+    grid = torch.arange(steps, -1, -1, device=device).to(torch.get_default_dtype()) / steps
     return [(grid[i].expand(batch), grid[i + 1].expand(batch)) for i in range(steps)]
 
 

@@ -12,7 +12,7 @@ from .schedules import alpha_sigma, expand
 
 
 def grid_time(index: torch.Tensor, grid: int) -> torch.Tensor:
-    return index.float() / grid
+    return index.to(torch.get_default_dtype()) / grid
 
 
 def invert_ddim_step(z_t: torch.Tensor, t: torch.Tensor, z_s: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

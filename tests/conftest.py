@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def random_denoiser(dim_shape=(1, 4, 4), seed=0):
+    """A fixed smooth nonlinear function of (z, t) standing in for a trained network."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(dim_shape, generator=g) * 0.5
+    return lambda z, t: torch.tanh(z * w + t.reshape(-1, *([1] * (z.dim() - 1))) - 0.3)

@@ -1,0 +1,79 @@
+"""Checkpoints (atomic, weights_only, clear errors) and the offline datasets."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED
+from distill_core import data as D
+from distill_core.checkpoint import CheckpointError, load_checked, save_atomic, sha256
+from distill_core.diffusion import DiffusionModel
+
+
+def test_model_round_trip_and_sampling_is_deterministic(tmp_path):
+    model = DiffusionModel("unet_tiny", (1, 8, 8), "both", info={"method": "tract", "distilled_steps": [16, 1]})
+    model.save(tmp_path / "m.pt")
+    loaded = DiffusionModel.load(tmp_path / "m.pt")
+    noise = torch.randn(4, 1, 8, 8)
+    assert torch.equal(model.sample(noise, 2), loaded.sample(noise, 2))
+    assert loaded.info["distilled_steps"] == [16, 1] and loaded.parameterization == "both"
+    with pytest.raises(ValueError, match=r"noise must have shape \(B, 1, 8, 8\)"):
+        model.sample(torch.randn(2, 3, 8, 8), 1)
+
+
+def test_corrupt_truncated_or_foreign_checkpoints_fail_clearly(tmp_path):
+    path = tmp_path / "c.pt"
+    digest = save_atomic({"w": torch.ones(3)}, path)
+    assert digest == sha256(path) and not list(tmp_path.glob(".*tmp"))
+    assert torch.equal(load_checked(path, expected_sha256=digest)["w"], torch.ones(3))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="c.pt is corrupt"):
+        load_checked(path)
+    with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
+        load_checked(path, expected_sha256=digest)
+    foreign = tmp_path / "evil.pt"
+    torch.save({"x": os.getcwd, "y": np.int64}, foreign)  # not loadable with weights_only
+    with pytest.raises(CheckpointError, match="evil.pt is corrupt or not a distill-sweeps checkpoint"):
+        load_checked(foreign)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checked(tmp_path / "missing.pt")
+
+
+def test_digits_is_the_real_bundled_set_in_model_space():
+    train, test = D.load("digits", "train"), D.load("digits", "test")
+    assert len(train) + len(test) == 1797 and train.shape == (1, 8, 8)
+    x = train.all()
+    assert x.min() == -1.0 and x.max() == 1.0
+    g = torch.Generator().manual_seed(0)
+    assert train.batch(16, g).shape == (16, 1, 8, 8)
+    assert train.uint8_images().dtype == torch.uint8
+
+
+def test_unknown_dataset_and_missing_files_name_the_problem(tmp_path):
+    with pytest.raises(D.DataError, match="data.name must be one of digits"):
+        D.load("imagenet")
+    with pytest.raises(D.DataError, match="CIFAR-10 .npz not found at"):
+        D.load("cifar10", root=str(tmp_path / "nope.npz"))
+
+
+def test_toy2d_is_eight_modes():
+    pts = D.load("toy2d").all()
+    radius = pts.norm(dim=1)
+    assert ((radius - 0.7).abs() < 0.25).float().mean() > 0.99
+
+
+@pytest.mark.skipif(not (SHARED / "assets" / "cifar10_partial.npz").exists(), reason="needs ../shared/assets (absent on a fresh machine)")
+def test_cifar10_from_the_partial_npz_flips_only_in_training():
+    train = D.load("cifar10", "train", root=str(SHARED / "assets" / "cifar10_partial.npz"))
+    test = D.load("cifar10", "test", root=str(SHARED / "assets" / "cifar10_partial.npz"))
+    assert train.shape == (3, 32, 32) and len(train) == 5085 and len(test) == 1017
+    assert train.flip and not test.flip
+
+
+@pytest.mark.skipif(not D.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_full_set_offline(tmp_path):
+    train = D.load("fashion_mnist", "train", root=str(tmp_path))
+    assert len(train) == 60000 and train.shape == (1, 28, 28)
+    assert len(D.load("fashion_mnist", "test", root=str(tmp_path))) == 10000
