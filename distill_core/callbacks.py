@@ -8,7 +8,8 @@ from pathlib import Path
 
 class Callback:
     def on_metrics(self, metrics: dict, step: int) -> None:
-        """Scalar metrics at `step` (training loss at update counts; per-phase values at step counts)."""
+        """Scalar metrics at `step` (training loss at global update counts; per-phase values at the
+        phase index 1, 2, ..., with the phase's step count as `phase_steps`)."""
 
     def on_checkpoint(self, path: Path, sha256: str, name: str) -> None:
         """A checkpoint file was written atomically (its sha256 is recorded with it)."""

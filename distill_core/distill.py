@@ -251,7 +251,8 @@ class Distiller:
         save_grid(model.sample(self.eval_noise, student_steps), grid)
         self.callback.on_image(grid, grid.name)
         metrics.update(self.callback.on_phase_end(p, student_steps, model, metrics) or {})
-        self.callback.on_metrics(metrics, student_steps)
+        # step = phase index (1, 2, ...): increasing, so a run's latest value is its final phase's
+        self.callback.on_metrics({**metrics, "phase_steps": student_steps}, p + 1)
         log.info("phase %d done: %d steps, gap %.4f (teacher at %d steps: %.4f)", p + 1, student_steps,
                  metrics["gap"], student_steps, metrics["teacher_gap"])
         self.results.append(PhaseResult(p, teacher_steps, student_steps, metrics))

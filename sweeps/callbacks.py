@@ -1,0 +1,34 @@
+"""Hydra callbacks: group a multirun under one MLflow parent run.
+
+The parent is created in the driver (`on_multirun_start`), which also creates the SQLite
+store first so parallel jobs never race on its schema; jobs find the parent through an
+environment variable (inherited by joblib/submitit-local workers) and nest under it.
+"""
+import os
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self):
+        self.run_id = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from sweeps import tracking
+        exp_id = tracking.setup(config.tracking.uri, config.experiment_name)
+        sweep_dir = str(config.hydra.sweep.dir)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = MlflowClient().create_run(exp_id, run_name=f"sweep {os.path.basename(sweep_dir)}",
+                                        tags={"sweep.dir": sweep_dir, "sweep.overrides": overrides,
+                                              "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]})
+        self.run_id = run.info.run_id
+        os.environ[tracking.PARENT_ENV] = self.run_id
+        os.environ[tracking.SWEEP_ENV] = self.run_id
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.run_id:
+            from mlflow.tracking import MlflowClient
+            MlflowClient().set_terminated(self.run_id, "FINISHED")

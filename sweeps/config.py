@@ -1,0 +1,86 @@
+"""Turn the Hydra config into the core's dataclasses, rejecting bad values before any work.
+
+A bad value raises `ConfigError` with one line naming the key, the value and what is allowed;
+the entry point prints that line and exits with code 2.
+"""
+from dataclasses import fields
+
+from omegaconf import DictConfig, OmegaConf
+
+from distill_core import data as core_data
+from distill_core import parameterization as core_param
+from distill_core import weighting as core_weighting
+from distill_core.distill import DistillConfig, validate
+from distill_core.models import PRESETS
+from distill_core.teacher import TeacherConfig
+
+OBJECTIVES = ("fid", "kid", "gap")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def distill_config(cfg: DictConfig) -> DistillConfig:
+    d = _plain(cfg.distill)
+    known = {f.name for f in fields(DistillConfig)}
+    values = {k: v for k, v in d.items() if k in known}
+    values["schedule"] = list(values["schedule"]) if isinstance(values.get("schedule"), (list, tuple)) else values.get("schedule")
+    if not isinstance(values["schedule"], list):
+        raise ConfigError(f"distill.schedule must be a list of step counts such as [256, 16, 1]; got {values['schedule']!r}")
+    values["seed"] = cfg.seed
+    dc = DistillConfig(**values)
+    try:
+        validate(dc)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return dc
+
+
+def teacher_config(cfg: DictConfig) -> TeacherConfig:
+    t = _plain(cfg.teacher)
+    known = {f.name for f in fields(TeacherConfig)}
+    tc = TeacherConfig(**{k: v for k, v in t.items() if k in known}, preset=cfg.model.preset,
+                       dropout=cfg.model.dropout, seed=cfg.seed)
+    for key in ("updates", "batch_size"):
+        if not isinstance(getattr(tc, key), int) or getattr(tc, key) < 1:
+            raise ConfigError(f"teacher.{key} must be a positive integer; got {getattr(tc, key)!r}")
+    if not 0.0 <= tc.ema < 1.0:
+        raise ConfigError(f"teacher.ema must be in [0, 1); got {tc.ema}")
+    if not tc.lr > 0:
+        raise ConfigError(f"teacher.lr must be > 0; got {tc.lr}")
+    return tc
+
+
+def check(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
+    """Every public key, checked; returns the core configs."""
+    def one_of(key, value, allowed):
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+    one_of("data.name", cfg.data.name, core_data.DATASETS)
+    one_of("model.preset", cfg.model.preset, tuple(PRESETS))
+    one_of("distill.parameterization", cfg.distill.parameterization, core_param.PARAMETERIZATIONS)
+    one_of("distill.weighting", cfg.distill.weighting, core_weighting.WEIGHTINGS)
+    one_of("teacher.parameterization", cfg.teacher.parameterization, core_param.PARAMETERIZATIONS)
+    one_of("teacher.weighting", cfg.teacher.weighting, core_weighting.WEIGHTINGS)
+    one_of("objective", cfg.objective, OBJECTIVES)
+    one_of("device", cfg.device, ("auto", "cpu", "cuda"))
+    if cfg.teacher.parameterization != cfg.distill.parameterization:
+        raise ConfigError(f"teacher.parameterization ({cfg.teacher.parameterization}) must equal "
+                          f"distill.parameterization ({cfg.distill.parameterization}): the student starts from the teacher")
+    src = str(cfg.teacher.source)
+    if src != "train" and not src.startswith("models:/"):
+        raise ConfigError(f"teacher.source must be 'train' or a models:/NAME@ALIAS (or models:/NAME/VERSION) URI; got {src!r}")
+    if cfg.objective in ("fid", "kid") and not cfg.eval[cfg.objective]:
+        raise ConfigError(f"objective={cfg.objective} needs eval.{cfg.objective}=true")
+    n = cfg.eval.num_samples
+    if n is not None and (not isinstance(n, int) or n < 2):
+        raise ConfigError(f"eval.num_samples must be an integer >= 2 or null; got {n!r}")
+    if cfg.data.name == "toy2d" and cfg.model.preset != "mlp" or cfg.model.preset == "mlp" and cfg.data.name != "toy2d":
+        raise ConfigError(f"model.preset=mlp goes with data.name=toy2d only; got model.preset={cfg.model.preset}, data.name={cfg.data.name}")
+    return teacher_config(cfg), distill_config(cfg)

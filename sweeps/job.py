@@ -1,0 +1,117 @@
+"""One job: check the config, get the teacher, distil along the schedule, log, register.
+
+Everything lands in one MLflow run (nested under the sweep's parent run in a multirun):
+params = the resolved config with dotted keys; tags = method, git commit, overrides, sweep id;
+metrics = throttled training loss, and per phase the gap (and FID/KID) at step = the phase's
+step count; artifacts = resolved config, phase checkpoints, sample grids; the student is
+logged and registered with its tags. Returns the objective for the sweeper.
+"""
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, check
+
+log = logging.getLogger(__name__)
+
+
+def fail(message: str) -> None:
+    """Bad input: one line, exit code 2, nothing started."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        fail("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return name
+
+
+def output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def run_job(cfg: DictConfig) -> float:
+    try:
+        tc, dc = check(cfg)
+    except ConfigError as e:
+        fail(str(e))
+    device = resolve_device(cfg.device)
+
+    import mlflow
+    import torch
+
+    from distill_core import data as core_data
+    from distill_core.distill import Distiller
+
+    from . import registry, tracking
+    from .teachers import TeacherError, get_teacher, resolve_uri
+
+    out = output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        data = core_data.load(cfg.data.name, cfg.data.split, cfg.data.root, seed=cfg.seed)
+    except core_data.DataError as e:
+        fail(str(e))
+    try:
+        exp_id = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
+    except Exception as e:
+        fail(f"tracking.uri={cfg.tracking.uri}: the tracking store does not answer ({type(e).__name__}: {str(e)[:200]})")
+    if str(cfg.teacher.source).startswith("models:/"):
+        try:
+            resolve_uri(str(cfg.teacher.source))  # a missing teacher fails here, before any run exists
+        except TeacherError as e:
+            fail(str(e))
+
+    from .optuna_link import current_trial
+    tags = {"method": dc.method, "git_commit": tracking.git_commit(), "overrides": " ".join(hydra_overrides()),
+            "sweep_id": os.environ.get(tracking.SWEEP_ENV, ""), "output_dir": str(out), **current_trial(cfg)}
+    parent = tracking.parent_run_id()
+    with mlflow.start_run(experiment_id=exp_id, parent_run_id=parent, nested=mlflow.active_run() is not None,
+                          run_name=f"{dc.method} {'-'.join(map(str, dc.schedule))}", tags=tags) as run:
+        run_id = run.info.run_id
+        mlflow.log_params(tracking.flatten(cfg))
+        resolved = out / "config_resolved.yaml"
+        resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        mlflow.log_artifact(str(resolved))
+        data_cfg = {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root}
+        teacher, teacher_version = get_teacher(cfg, tc, data, data_cfg, device, run_id)
+        mlflow.set_tag("teacher_version", teacher_version)
+
+        from .evaluation import phase_metrics
+        callback = tracking.MlflowCallback(run_id, synchronous=not cfg.tracking.async_logging,
+                                           extra_metrics=phase_metrics(cfg, data, device))
+        eval_noise = torch.randn((cfg.eval.gap_samples, *teacher.data_shape),
+                                 generator=torch.Generator().manual_seed(cfg.seed + 1))
+        distiller = Distiller(teacher, data, dc, out, callback=callback, device=device, eval_noise=eval_noise)
+        result = distiller.run()
+        tracking.flush()
+        last = result.phases[-1]
+        student = result.model
+        student.info["teacher_version"] = teacher_version
+        version = registry.log_and_register(
+            student, "student", cfg.registry.name,
+            {"method": dc.method, "steps": last.steps, "schedule": dc.schedule, "teacher_version": teacher_version,
+             "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id)
+        log.info("registered %s version %s (%s, %d steps): %s", cfg.registry.name, version, dc.method, last.steps,
+                 ", ".join(f"{k}={v:.4g}" for k, v in last.metrics.items()))
+        value = last.metrics.get(cfg.objective)
+        if value is None:
+            fail(f"objective={cfg.objective} was not computed (enable eval.{cfg.objective})")
+        mlflow.log_metric("objective", float(value))
+        return float(value)

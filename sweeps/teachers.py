@@ -1,0 +1,99 @@
+"""Where a job's teacher comes from: trained once per distinct teacher config, then reused.
+
+The key is a hash of everything that determines the teacher (its training config, the
+network, the data, the seed). The first job that needs a key takes a file lock, trains the
+teacher in a nested MLflow run, and registers it in `registry.teacher_name` with the key as
+a tag; every later job (or a concurrent one waiting on the lock) loads that version instead.
+`teacher.source=models:/NAME@ALIAS` loads a registered model directly.
+"""
+import fcntl
+import hashlib
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from distill_core.teacher import TeacherConfig, train_teacher
+
+from . import registry
+from .tracking import MlflowCallback
+
+log = logging.getLogger(__name__)
+
+
+class TeacherError(RuntimeError):
+    pass
+
+
+def teacher_key(tc: TeacherConfig, data_cfg: dict) -> str:
+    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k != "checkpoint_every"}, "data": data_cfg}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def find_registered(name: str, key: str):
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and tags.teacher_key = '{key}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    versions = [v for v in versions if v.tags.get("teacher_key") == key]
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def resolve_uri(uri: str):
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> the model version, or one clear error."""
+    client = MlflowClient()
+    body = uri[len("models:/"):]
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, version = body.rsplit("/", 1)
+        return client.get_model_version(name, version)
+    except (mlflow.exceptions.MlflowException, ValueError):
+        raise TeacherError(f"teacher.source: no registered model at {uri!r} "
+                           f"(expected models:/NAME@ALIAS or models:/NAME/VERSION of an existing version)") from None
+
+
+def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, device: str, run_id: str):
+    """Returns (teacher model, 'NAME/VERSION' it was registered as)."""
+    source = str(cfg.teacher.source)
+    if source.startswith("models:/"):
+        version = resolve_uri(source)
+        return registry.load(f"models:/{version.name}/{version.version}", device), f"{version.name}/{version.version}"
+    name, key = cfg.registry.teacher_name, teacher_key(tc, data_cfg)
+    cache = Path(cfg.cache_dir)
+    with file_lock(cache / "locks" / f"teacher-{key}.lock"):
+        found = find_registered(name, key)
+        if found is not None:
+            log.info("reusing teacher %s version %s (key %s)", name, found.version, key)
+            return registry.load(f"models:/{name}/{found.version}", device), f"{name}/{found.version}"
+        log.info("training teacher (key %s): %d updates of %s on %s", key, tc.updates, tc.preset, data.name)
+        active = mlflow.active_run()
+        with mlflow.start_run(run_name=f"teacher {key}", nested=True, tags={"role": "teacher", "teacher_key": key},
+                              experiment_id=active.info.experiment_id if active else None) as run:
+            mlflow.log_params({f"teacher.{k}": v for k, v in asdict(tc).items()})
+            mlflow.log_params({f"data.{k}": v for k, v in data_cfg.items()})
+            teacher = train_teacher(data, tc, callback=MlflowCallback(run.info.run_id),
+                                    checkpoint_path=cache / "teachers" / key / "train_state.pt", device=device)
+            teacher.info["teacher_key"] = key
+            version = registry.log_and_register(teacher, "teacher", name, {"teacher_key": key, "role": "teacher",
+                                                "dataset": data.name, "preset": tc.preset,
+                                                "parameterization": tc.parameterization}, run.info.run_id)
+            mlflow.flush_async_logging()
+        return teacher, f"{name}/{version}"

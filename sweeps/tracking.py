@@ -1,0 +1,95 @@
+"""MLflow: the store, the job's run, and the core's Callback implemented with MLflow.
+
+Metric logging is asynchronous (`synchronous=False`) so it never stalls training; the job
+flushes before it ends. Checkpoints are logged with their sha256 as a tag.
+"""
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from distill_core.callbacks import Callback
+
+PARENT_ENV = "DISTILL_SWEEPS_PARENT_RUN_ID"
+SWEEP_ENV = "DISTILL_SWEEPS_SWEEP_ID"
+
+
+def setup(uri: str, experiment_name: str) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id.
+
+    For a SQLite store the artifacts go next to the database (./mlruns beside mlflow.db), so
+    `mlflow ui --backend-store-uri sqlite:///mlflow.db` run from that folder shows them.
+    """
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).resolve()
+        location = (db.parent / "mlruns").as_uri()
+    try:
+        return client.create_experiment(experiment_name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another job
+        return client.get_experiment_by_name(experiment_name).experiment_id
+
+
+def flatten(cfg: DictConfig) -> dict:
+    """The resolved config as {dotted.key: value}; lists stay lists (logged as their repr)."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class MlflowCallback(Callback):
+    """Sends what the core reports to the active MLflow run."""
+
+    def __init__(self, run_id: str, synchronous: bool = False, extra_metrics=None):
+        self.run_id, self.synchronous = run_id, synchronous
+        self.extra_metrics = extra_metrics  # fn(phase, steps, model) -> dict, e.g. FID/KID
+
+    def on_metrics(self, metrics, step):
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(step), run_id=self.run_id,
+                           synchronous=self.synchronous)
+
+    def on_checkpoint(self, path, sha256, name):
+        if name.startswith("phase") or name == "teacher":
+            mlflow.log_artifact(str(path), "checkpoints", run_id=self.run_id)
+            MlflowClient().set_tag(self.run_id, f"checkpoint.{Path(path).name}.sha256", sha256)
+
+    def on_image(self, path, name):
+        mlflow.log_artifact(str(path), "samples", run_id=self.run_id)
+
+    def on_phase_end(self, phase, steps, model, metrics):
+        return self.extra_metrics(phase, steps, model) if self.extra_metrics else {}
+
+
+def flush() -> None:
+    try:
+        mlflow.flush_async_logging()
+    except Exception:  # nothing pending / older clients
+        pass
+
+
+def parent_run_id() -> str | None:
+    return os.environ.get(PARENT_ENV) or None

@@ -1,0 +1,128 @@
+"""The product's front door, end to end: real subprocesses, a real SQLite MLflow store and a
+real SQLite Optuna storage in a temporary folder (issue: sweeps)."""
+import os
+import subprocess
+import sys
+
+import mlflow
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(module, args, cwd, timeout=900):
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
+    env.pop(f"DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One store shared by the tests below, so the teacher trained by the first sweep is reused."""
+    path = tmp_path_factory.mktemp("store")
+    mlflow.set_tracking_uri(f"sqlite:///{path}/mlflow.db")
+    return path
+
+
+@pytest.fixture(scope="module")
+def mission(store):
+    """The mission's command verbatim, with tiny overrides for speed."""
+    proc = run_cli("sweeps.run", ["-m", "distill.mu_s=0.5,0.9,0.99", "+debug=tiny",
+                                  f"hydra.sweep.dir={store}/multirun"], store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def runs(store, filter_string=""):
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["distill-sweeps"], filter_string=filter_string,
+                              output_format="list")
+
+
+def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, mission):
+    all_runs = runs(store)
+    students = [r for r in all_runs if r.data.tags.get("method") == "tract"]
+    assert len(students) == 3
+    assert sorted(float(r.data.params["distill.mu_s"]) for r in students) == [0.5, 0.9, 0.99]
+    assert all(r.info.status == "FINISHED" for r in students)
+    assert all("gap" in r.data.metrics and "teacher_gap" in r.data.metrics for r in students)
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in students}
+    assert len(parents) == 1 and None not in parents
+    parent = MlflowClient().get_run(parents.pop())
+    assert parent.info.status == "FINISHED" and "distill.mu_s=0.5,0.9,0.99" in parent.data.tags["sweep.overrides"]
+    assert all(r.data.tags["sweep_id"] == parent.info.run_id for r in students)
+    teachers = [r for r in all_runs if r.data.tags.get("role") == "teacher"]
+    assert len(teachers) == 1, "exactly one teacher is trained for the sweep"
+    client = MlflowClient()
+    assert len(client.search_model_versions("name = 'distill-teachers'")) == 1
+    versions = client.search_model_versions("name = 'distill-students'")
+    assert len(versions) == 3
+    assert {v.run_id for v in versions} == {r.info.run_id for r in students}
+    for v in versions:
+        assert {"method", "steps", "gap", "teacher_version"} <= set(v.tags)
+        assert v.tags["teacher_version"] == "distill-teachers/1"
+    # phase checkpoints and sample grids are artifacts of each run, with the checkpoint's sha256
+    files = {a.path for a in client.list_artifacts(students[0].info.run_id, "checkpoints")}
+    assert {"checkpoints/phase1_2steps.pt", "checkpoints/phase2_1steps.pt"} <= files
+    assert any(k.startswith("checkpoint.phase2_1steps.pt.sha256") for k in students[0].data.tags)
+    assert len(client.list_artifacts(students[0].info.run_id, "samples")) == 2
+    # training loss is logged at update counts, per-phase values at the phase's step count
+    history = client.get_metric_history(students[0].info.run_id, "gap")
+    assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_promote_moves_the_alias_to_the_best_version_and_the_champion_samples(store, mission):
+    proc = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "gap"], store)
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'distill-students'")
+    best = min(versions, key=lambda v: float(v.tags["gap"]))
+    assert client.get_model_version_by_alias("distill-students", "champion").version == best.version
+    assert f"-> version {best.version}" in proc.stdout and "none ->" in proc.stdout
+    model = mlflow.pytorch.load_model("models:/distill-students@champion")
+    noise = torch.randn(4, *model.data_shape, generator=torch.Generator().manual_seed(0))
+    out = model.sample(noise, 1)
+    assert out.shape == noise.shape and torch.equal(out, model.sample(noise, 1))
+    # the registered teacher loads and samples exactly like a student
+    teacher = mlflow.pytorch.load_model("models:/distill-teachers/1")
+    assert teacher.sample(noise, 1).shape == noise.shape
+    refused = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "fid"], store)
+    assert refused.returncode == 2 and "--metric fid: none of the 3 versions" in refused.stderr
+
+
+def test_optuna_sweep_stores_three_complete_trials_matching_mlflow(store, mission):
+    storage = f"sqlite:///{store}/optuna.db"
+    proc = run_cli("sweeps.run", ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "+debug=tiny",
+                                  f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=tiny-study",
+                                  f"hydra.sweep.dir={store}/optuna"], store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="tiny-study", storage=storage)
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    by_trial = {r.data.tags["optuna.trial"]: r for r in runs(store, "tags.`optuna.study` = 'tiny-study'")}
+    assert sorted(by_trial) == ["0", "1", "2"]
+    for t in trials:
+        run = by_trial[str(t.number)]
+        assert t.value == pytest.approx(run.data.metrics["objective"], rel=1e-9)
+        assert run.data.metrics["objective"] == pytest.approx(run.data.metrics["gap"])
+        assert float(run.data.params["distill.mu_s"]) == pytest.approx(t.params["distill.mu_s"])
+    assert len([r for r in runs(store) if r.data.tags.get("role") == "teacher"]) == 1, "the teacher was reused"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("distill.mu_s=1.5", "distill.mu_s must be in [0, 1); got 1.5"),
+    ("distill.schedule=[256,30,1]", "30 does not divide 256"),
+    ("distill.parameterization=z", "distill.parameterization must be one of eps, x, both, v"),
+    ("teacher.source=models:/nope@champion", "teacher.source: no registered model at 'models:/nope@champion'"),
+])
+def test_bad_input_exits_2_with_one_line_and_creates_no_run(tmp_path, override, message):
+    proc = run_cli("sweeps.run", [override, "+debug=tiny"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    if (tmp_path / "mlflow.db").exists():
+        assert runs(tmp_path) == []
