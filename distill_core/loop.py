@@ -49,7 +49,7 @@ def run_updates(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
     model.train()
     running = torch.zeros((), device=next(model.parameters()).device)
     since_log = 0
-    bar = tqdm(range(start, settings.updates), desc=settings.desc, disable=not settings.progress,
+    bar = tqdm(range(start, settings.updates), desc=settings.desc, disable=None if settings.progress else True,
                initial=start, total=settings.updates, leave=False, mininterval=2.0)
     for step in bar:
         for group in optimizer.param_groups:

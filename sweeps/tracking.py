@@ -64,13 +64,15 @@ def git_commit() -> str:
 class MlflowCallback(Callback):
     """Sends what the core reports to the active MLflow run."""
 
-    def __init__(self, run_id: str, synchronous: bool = False, extra_metrics=None):
+    def __init__(self, run_id: str, synchronous: bool = False, extra_metrics=None, logged: dict | None = None):
         self.run_id, self.synchronous = run_id, synchronous
         self.extra_metrics = extra_metrics  # fn(phase, steps, model) -> dict, e.g. FID/KID
+        self.logged = logged or {}  # metric -> last step already in the run (a resumed job skips those)
 
     def on_metrics(self, metrics, step):
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(step), run_id=self.run_id,
-                           synchronous=self.synchronous)
+        fresh = {k: float(v) for k, v in metrics.items() if step > self.logged.get(k, -1)}
+        if fresh:
+            mlflow.log_metrics(fresh, step=int(step), run_id=self.run_id, synchronous=self.synchronous)
 
     def on_checkpoint(self, path, sha256, name):
         if name.startswith("phase") or name == "teacher":
@@ -82,6 +84,13 @@ class MlflowCallback(Callback):
 
     def on_phase_end(self, phase, steps, model, metrics):
         return self.extra_metrics(phase, steps, model) if self.extra_metrics else {}
+
+
+def logged_steps(run_id: str) -> dict:
+    """{metric: highest step already logged} of an existing run."""
+    client = MlflowClient()
+    return {key: max(m.step for m in client.get_metric_history(run_id, key))
+            for key in client.get_run(run_id).data.metrics}
 
 
 def flush() -> None:

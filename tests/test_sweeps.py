@@ -31,7 +31,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mission(store):
     """The mission's command verbatim, with tiny overrides for speed."""
-    proc = run_cli("sweeps.run", ["-m", "distill.mu_s=0.5,0.9,0.99", "+debug=tiny",
+    proc = run_cli("sweeps.run", ["-m", "distill.mu_s=0.5,0.9,0.99", "+debug=tiny", "eval.fid=true", "eval.kid=true",
                                   f"hydra.sweep.dir={store}/multirun"], store)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -49,7 +49,8 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     assert len(students) == 3
     assert sorted(float(r.data.params["distill.mu_s"]) for r in students) == [0.5, 0.9, 0.99]
     assert all(r.info.status == "FINISHED" for r in students)
-    assert all("gap" in r.data.metrics and "teacher_gap" in r.data.metrics for r in students)
+    assert all({"gap", "teacher_gap", "fid", "kid", "fid_num_samples"} <= set(r.data.metrics) for r in students)
+    assert all(r.data.metrics["fid_num_samples"] == 16 for r in students)
     parents = {r.data.tags.get("mlflow.parentRunId") for r in students}
     assert len(parents) == 1 and None not in parents
     parent = MlflowClient().get_run(parents.pop())
@@ -63,7 +64,7 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     assert len(versions) == 3
     assert {v.run_id for v in versions} == {r.info.run_id for r in students}
     for v in versions:
-        assert {"method", "steps", "gap", "teacher_version"} <= set(v.tags)
+        assert {"method", "steps", "gap", "fid", "kid", "teacher_version"} <= set(v.tags)
         assert v.tags["teacher_version"] == "distill-teachers/1"
     # phase checkpoints and sample grids are artifacts of each run, with the checkpoint's sha256
     files = {a.path for a in client.list_artifacts(students[0].info.run_id, "checkpoints")}
@@ -90,8 +91,8 @@ def test_promote_moves_the_alias_to_the_best_version_and_the_champion_samples(st
     # the registered teacher loads and samples exactly like a student
     teacher = mlflow.pytorch.load_model("models:/distill-teachers/1")
     assert teacher.sample(noise, 1).shape == noise.shape
-    refused = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "fid"], store)
-    assert refused.returncode == 2 and "--metric fid: none of the 3 versions" in refused.stderr
+    refused = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "precision"], store)
+    assert refused.returncode == 2 and "--metric precision: none of the 3 versions" in refused.stderr
 
 
 def test_optuna_sweep_stores_three_complete_trials_matching_mlflow(store, mission):

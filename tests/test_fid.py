@@ -1,0 +1,90 @@
+"""FID/KID through torch-fidelity with the offline Inception weights (issue: evaluation)."""
+import time
+
+import pytest
+import torch
+
+from distill_core import data as D
+from distill_core import fid
+
+
+@pytest.fixture(scope="module")
+def weights():
+    try:
+        return fid.resolve_weights("offline")
+    except fid.WeightsError as e:
+        pytest.skip(f"offline FID weights unavailable here: {e}")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return D.load("digits", "train"), D.load("digits", "test")
+
+
+def evaluator(real, tmp_path, n, weights, **kw):
+    return fid.Evaluator(real.uint8_images(), "digits-test", num_samples=n, weights=weights,
+                         cache_root=str(tmp_path / "fidcache"), **kw)
+
+
+def test_fid_small_for_a_disjoint_split_large_for_noise_and_kid_of_a_set_with_itself_is_zero(digits, weights, tmp_path):
+    train, test = digits
+    ev = evaluator(train, tmp_path, 64, weights)
+    same = ev.metrics_of(fid.RealImages(test.uint8_images()[:64]))
+    noise = ev.metrics_of(fid.RealImages(torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)))
+    assert same["fid"] < 0.5 * noise["fid"], (same, noise)
+    assert same["kid"] < 0.25 * noise["kid"]
+    assert same["fid_num_samples"] == 64
+    itself = ev.metrics_of(ev.real)
+    # KID is unbiased, so a set against itself scatters around 0 (subsets are drawn independently)
+    assert abs(itself["kid"]) < 0.05 * noise["kid"] and itself["fid"] < 1e-2 * noise["fid"]
+
+
+def test_reference_statistics_are_cached_per_sample_count(digits, weights, tmp_path):
+    train, test = digits
+    probe = fid.RealImages(test.uint8_images()[:32])
+    ev = evaluator(train, tmp_path, 32, weights, kid=False)
+    t0 = time.perf_counter()
+    first = ev.metrics_of(probe)
+    t_first = time.perf_counter() - t0
+    cached = sorted((tmp_path / "fidcache").glob("*"))
+    assert any(ev.cache_name in p.name for p in cached)
+    mtimes = {p: p.stat().st_mtime_ns for p in cached}
+    t0 = time.perf_counter()
+    second = evaluator(train, tmp_path, 32, weights, kid=False).metrics_of(probe)
+    t_second = time.perf_counter() - t0
+    assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
+    assert {p: p.stat().st_mtime_ns for p in cached} == mtimes, "the cached statistics were not recomputed"
+    assert t_second < t_first
+    other = evaluator(train, tmp_path, 48, weights, kid=False)
+    assert other.cache_name != ev.cache_name
+    other.metrics_of(probe)
+    assert len(list((tmp_path / "fidcache").glob("*"))) > len(cached)
+
+
+def test_a_model_is_evaluated_as_a_generator_without_image_files(digits, weights, tmp_path):
+    from distill_core.diffusion import DiffusionModel
+    train, _ = digits
+    model = DiffusionModel("unet_tiny", (1, 8, 8), "v")
+    out = evaluator(train, tmp_path, 16, weights)(model, 2)
+    assert {"fid", "kid", "kid_std", "fid_num_samples"} <= set(out) and out["fid"] > 0
+    assert not list(tmp_path.glob("**/*.png"))
+
+
+def test_weights_hash_check_refuses_a_wrong_file(tmp_path):
+    wrong = tmp_path / "weights.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, wrong)
+    with pytest.raises(fid.WeightsError, match="is not a known FID Inception file"):
+        fid.resolve_weights(str(wrong))
+    wrong.write_bytes(b"not a checkpoint")
+    with pytest.raises(fid.WeightsError, match="eval.inception_weights"):
+        fid.check_weights(wrong)
+    with pytest.raises(fid.WeightsError, match="python -m distill_core.fid build"):
+        fid.check_weights(tmp_path / "missing.pth")
+
+
+def test_the_conversion_maps_every_tensor_onto_torch_fidelitys_extractor(weights):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
+    state = torch.load(weights, weights_only=True)
+    assert set(state) == set(extractor.state_dict()) - {k for k in extractor.state_dict() if "num_batches" in k}
+    assert fid.tensor_sha256(state) == fid.CONVERTED_TENSOR_SHA256

@@ -1,0 +1,89 @@
+"""Reliability: a SIGKILLed job resumes in the same MLflow run; a diverged trial fails alone."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+TINY = ["+debug=tiny", "distill.schedule=[8,4,2,1]", "distill.updates_per_phase=30", "distill.checkpoint_every=10",
+        "distill.log_every=5", "hydra.run.dir=outputs/job"]
+
+
+def env_for(path):
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{path}/mlflow.db"}
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    return env
+
+
+def test_sigkill_in_phase_two_then_rerun_continues_the_same_run(tmp_path):
+    twin_dir, job_dir = tmp_path / "twin", tmp_path / "job"
+    twin_dir.mkdir(), job_dir.mkdir()
+    cmd = [sys.executable, "-m", "sweeps.run", *TINY]
+    twin = subprocess.run(cmd, cwd=twin_dir, env=env_for(twin_dir), capture_output=True, text=True, timeout=600)
+    assert twin.returncode == 0, twin.stderr[-2000:]
+
+    proc = subprocess.Popen(cmd, cwd=job_dir, env=env_for(job_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    phase1 = list(job_dir.glob(".distill-sweeps/jobs/*/phase1_4steps.pt"))
+    while not phase1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        phase1 = list(job_dir.glob(".distill-sweeps/jobs/*/phase1_4steps.pt"))
+    latest = phase1[0].parent / "distill_latest.pt"
+    first = latest.stat().st_mtime_ns
+    while latest.stat().st_mtime_ns == first and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)  # wait for the first mid-phase-2 checkpoint, then kill
+    assert proc.poll() is None, "the job finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    rerun = subprocess.run(cmd, cwd=job_dir, env=env_for(job_dir), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming run" in rerun.stdout + rerun.stderr
+
+    mlflow.set_tracking_uri(f"sqlite:///{job_dir}/mlflow.db")
+    client = MlflowClient()
+    runs = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+            if r.data.tags.get("method")]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    for key in ("distill/loss", "gap", "teacher_gap", "phase_steps"):
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} has repeated steps: {sorted(steps)}"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "gap")) == [1, 2, 3]
+    versions = client.search_model_versions("name = 'distill-students'")
+    assert len(versions) == 1
+    resumed = mlflow.pytorch.load_model(f"models:/distill-students/{versions[0].version}")
+    mlflow.set_tracking_uri(f"sqlite:///{twin_dir}/mlflow.db")
+    uninterrupted = mlflow.pytorch.load_model("models:/distill-students/1")
+    for a, b in zip(resumed.parameters(), uninterrupted.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_diverged_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweeps.run", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+         "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null", "+debug=tiny",
+         "distill.inject_nan_at=3,null", "distill.mu_s=0.5,0.9", f"hydra.sweeper.storage={storage}",
+         "hydra.sweeper.study_name=diverge", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="diverge", storage=storage).get_trials()
+    states = sorted(t.state.name for t in trials)
+    assert len(trials) == 3 and "FAIL" in states and "COMPLETE" in states
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+            if r.data.tags.get("method")]
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert failed and all("non-finite loss" in r.data.tags["failure"] for r in failed)
+    assert all(r.data.params["distill.inject_nan_at"] == "3" for r in failed)
+    assert any(r.info.status == "FINISHED" for r in runs)
