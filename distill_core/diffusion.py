@@ -27,6 +27,7 @@ class DiffusionModel(nn.Module):
                            logsnr_min=logsnr_min, logsnr_max=logsnr_max,
                            network_overrides=dict(network_overrides or {}))
         self.info = dict(info or {})  # method, distilled step counts, dataset ... (plain values)
+        self.amp = True  # bf16 autocast of the network on CUDA (no effect on the CPU)
         self.net = build_network(preset, data_shape[0], param.output_heads(parameterization),
                                  **self.config["network_overrides"])
 
@@ -45,7 +46,13 @@ class DiffusionModel(nn.Module):
         """The model's estimate of the clean data at time t (optionally clipped to [-1, 1])."""
         logsnr = self.logsnr(t)
         alpha, sigma = (expand(v, z) for v in alpha_sigma_from_logsnr(logsnr))
-        x = param.x_from_output(self.parameterization, self.net(z, logsnr), z, alpha, sigma)
+        if z.is_cuda and getattr(self, "amp", True):  # bf16 autocast for the network only, on CUDA
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = self.net(z, logsnr)
+            out = out.float()
+        else:
+            out = self.net(z, logsnr)
+        x = param.x_from_output(self.parameterization, out, z, alpha, sigma)
         return x.clamp(-1.0, 1.0) if clip else x
 
     def denoiser(self, clip: bool):

@@ -142,7 +142,7 @@ class Distiller:
         return student
 
     def _new_optimizer(self):
-        return torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr)
+        return torch.optim.Adam(self.student.parameters(), lr=self.cfg.lr, fused=str(self.device).startswith("cuda"))
 
     @property
     def checkpoint_path(self) -> Path:

@@ -58,7 +58,8 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
                            info={"role": "teacher", "method": "teacher", "dataset": data.name,
                                  "teacher_config": asdict(cfg)}).to(device)
     ema = EMA(model, cfg.ema)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=str(device).startswith("cuda"))
     start = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checked(checkpoint_path, map_location=device)

@@ -65,8 +65,6 @@ def run_job(cfg: DictConfig) -> float:
     from . import registry, tracking
     from .teachers import TeacherError, get_teacher, resolve_uri
 
-    out = output_dir()
-    out.mkdir(parents=True, exist_ok=True)
     try:
         data = core_data.load(cfg.data.name, cfg.data.split, cfg.data.root, seed=cfg.seed)
     except core_data.DataError as e:
@@ -81,12 +79,15 @@ def run_job(cfg: DictConfig) -> float:
         except TeacherError as e:
             fail(str(e))
 
+    out = output_dir()
+    out.mkdir(parents=True, exist_ok=True)
     from .optuna_link import current_trial
     job = JobRecord(Path(cfg.cache_dir) / "jobs" / job_key(cfg), out)
     resume_id = job.resumable_run(mlflow)
     tags = {"method": dc.method, "git_commit": tracking.git_commit(), "overrides": " ".join(hydra_overrides()),
             "sweep_id": os.environ.get(tracking.SWEEP_ENV, ""), "output_dir": str(out), "job_dir": str(job.dir),
             **current_trial(cfg)}
+    tags = {k: str(v) for k, v in tags.items()}  # the REST store accepts only string tag values
     parent = tracking.parent_run_id()
     if resume_id:
         log.info("resuming run %s from %s", resume_id, job.dir)

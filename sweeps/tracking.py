@@ -23,9 +23,13 @@ def setup(uri: str, experiment_name: str) -> str:
     For a SQLite store the artifacts go next to the database (./mlruns beside mlflow.db), so
     `mlflow ui --backend-store-uri sqlite:///mlflow.db` run from that folder shows them.
     """
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment_name)
+    exp = client.get_experiment_by_name(experiment_name)  # creates the store's schema on first use
+    if uri.startswith("sqlite:///"):
+        enable_wal(uri[len("sqlite:///"):])
     if exp is not None:
         return exp.experiment_id
     location = None
@@ -36,6 +40,26 @@ def setup(uri: str, experiment_name: str) -> str:
         return client.create_experiment(experiment_name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently by another job
         return client.get_experiment_by_name(experiment_name).experiment_id
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a server does not answer."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+    except OSError as e:
+        raise ConnectionError(f"no MLflow server answers at {uri} ({e})") from None
+    raise ConnectionError(f"no MLflow server answers at {uri}")
+
+
+def enable_wal(db_path: str) -> None:
+    """Write-ahead logging lets parallel jobs read while one writes (the setting persists in the
+    file); MLflow itself sets a 20 s busy timeout on every SQLite session."""
+    import sqlite3
+    with sqlite3.connect(db_path, timeout=30) as con:
+        con.execute("PRAGMA journal_mode=WAL")
 
 
 def flatten(cfg: DictConfig) -> dict:

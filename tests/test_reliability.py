@@ -87,3 +87,19 @@ def test_a_diverged_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
     assert failed and all("non-finite loss" in r.data.tags["failure"] for r in failed)
     assert all(r.data.params["distill.inject_nan_at"] == "3" for r in failed)
     assert any(r.info.status == "FINISHED" for r in runs)
+
+
+def test_four_parallel_jobs_on_the_default_sqlite_store_all_finish(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweeps.run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+         "distill.mu_s=0.1,0.2,0.3,0.4", "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "database is locked" not in proc.stdout + proc.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+    students = [r for r in runs if r.data.tags.get("method")]
+    assert sorted(float(r.data.params["distill.mu_s"]) for r in students) == [0.1, 0.2, 0.3, 0.4]
+    assert all(r.info.status == "FINISHED" for r in students)
+    assert len([r for r in runs if r.data.tags.get("role") == "teacher"]) == 1, "the lock let one job train it"
+    assert len(MlflowClient().search_model_versions("name = 'distill-students'")) == 4

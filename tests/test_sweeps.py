@@ -114,12 +114,50 @@ def test_optuna_sweep_stores_three_complete_trials_matching_mlflow(store, missio
     assert len([r for r in runs(store) if r.data.tags.get("role") == "teacher"]) == 1, "the teacher was reused"
 
 
-@pytest.mark.parametrize("override,message", [
+BAD_INPUTS = [
     ("distill.mu_s=1.5", "distill.mu_s must be in [0, 1); got 1.5"),
     ("distill.schedule=[256,30,1]", "30 does not divide 256"),
     ("distill.parameterization=z", "distill.parameterization must be one of eps, x, both, v"),
     ("teacher.source=models:/nope@champion", "teacher.source: no registered model at 'models:/nope@champion'"),
-])
+    ("distill.batch_size=-4", "distill.batch_size must be a positive integer; got -4"),
+    ("distill.schedule=[16,16,1]", "distill.schedule must be strictly decreasing"),
+    ("distill.mu_i=1.0", "distill.mu_i must be in [0, 1); got 1.0"),
+    ("distill.weighting=snr2", "distill.weighting must be one of snr, truncated_snr, snr_plus_one, constant"),
+    ("data.name=imagenet", "data.name must be one of digits"),
+    ("objective=fid", "objective=fid needs eval.fid=true"),
+    ("teacher.updates=0", "teacher.updates must be a positive integer; got 0"),
+    ("tracking.uri=http://127.0.0.1:9", "tracking.uri=http://127.0.0.1:9: the tracking store does not answer"),
+]
+
+
+def compose(overrides, tmp_path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from conftest import REPO
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = hydra_compose("config", overrides=[*overrides, f"hydra.run.dir={tmp_path}/out"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("override,message", BAD_INPUTS)
+def test_bad_input_fails_before_any_work_with_one_line(tmp_path, monkeypatch, capsys, override, message):
+    """Table-driven, in-process (the subprocess test below checks the real exit code)."""
+    from sweeps.job import run_job
+    monkeypatch.chdir(tmp_path)
+    cfg = compose([override, "+debug=tiny", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+                  if not override.startswith("tracking.uri") else [override, "+debug=tiny"], tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run_job(cfg)
+    assert e.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    if (tmp_path / "mlflow.db").exists():
+        assert runs(tmp_path) == []
+
+
+@pytest.mark.parametrize("override,message", [BAD_INPUTS[0], BAD_INPUTS[3]])
 def test_bad_input_exits_2_with_one_line_and_creates_no_run(tmp_path, override, message):
     proc = run_cli("sweeps.run", [override, "+debug=tiny"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -1,0 +1,146 @@
+"""Team set-up: a real PostgreSQL and a real `mlflow server` on 127.0.0.1, parallel launchers,
+and the docker files (issue: scale out). PostgreSQL tests skip, saying why, where Debian's server
+is not installed (`scripts/setup.sh` installs it where apt works)."""
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(cmd):
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    if not PG_BIN:
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql; scripts/setup.sh does it)")
+    bin_dir = Path(PG_BIN[-1])
+    root = Path(tempfile.mkdtemp(prefix="distill-pg-"))  # pytest's tmp folders are root-only (0700)
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    subprocess.run(as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+                   check=True, capture_output=True)
+    subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                                f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
+                   check=True, capture_output=True)
+    try:
+        for db in ("mlflow", "optuna"):
+            subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db],
+                           check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow",
+                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def run(args, cwd, uri, timeout=900):
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": uri}
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", "sweeps.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_parallel_optuna_sweep_against_a_server_on_postgresql(postgres, mlflow_server, tmp_path):
+    storage = f"{postgres}/optuna"
+    proc = run(["-m", "hydra/sweeper=optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=team",
+                f"hydra.sweeper.storage={storage}", "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"],
+               tmp_path, mlflow_server)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="team", storage=storage).get_trials()
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+    students = [r for r in runs if r.data.tags.get("method")]
+    assert sorted(r.data.tags["optuna.trial"] for r in students) == ["0", "1"], "every trial's run exactly once"
+    assert len([r for r in runs if r.data.tags.get("role") == "teacher"]) == 1
+    versions = MlflowClient().search_model_versions("name = 'distill-students'")
+    assert len(versions) == 2
+    # a registered model's artifacts come back over HTTP (served artifacts, mlflow-artifacts:/ URIs)
+    out = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/distill-students/{versions[0].version}",
+                                              dst_path=str(tmp_path / "download"))
+    assert (Path(out) / "MLmodel").is_file()
+    model = mlflow.pytorch.load_model(f"models:/distill-students/{versions[0].version}")
+    import torch
+    assert model.sample(torch.randn(2, *model.data_shape), 1).shape == (2, *model.data_shape)
+
+
+def test_submitit_local_runs_a_two_job_sweep(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", "distill.mu_s=0.5,0.9",
+                "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, uri)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    students = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+                if r.data.tags.get("method")]
+    assert sorted(float(r.data.params["distill.mu_s"]) for r in students) == [0.5, 0.9]
+    assert all(r.info.status == "FINISHED" for r in students)
+
+
+def test_compose_file_follows_the_compose_specification():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = yaml.safe_load((REPO / "tests" / "data" / "compose-spec.json").read_text())
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    jsonschema.validate(compose, schema)
+    assert {"postgres", "mlflow", "trainer", "optuna-dashboard"} <= set(compose["services"])
+    gpu = compose["services"]["trainer"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    assert "MLFLOW_TRACKING_URI" in compose["services"]["trainer"]["environment"]
+
+
+def test_dockerfile_installs_the_same_pinned_set_as_the_readme():
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    install = '-m pip install -q -c constraints.txt -e ".[test,postgres]"'
+    assert install in dockerfile and install in setup
+    assert "COPY pyproject.toml constraints.txt" in dockerfile
