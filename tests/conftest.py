@@ -15,6 +15,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def float64():
+    """Closed forms are checked in double precision; the default dtype is restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 def random_denoiser(dim_shape=(1, 4, 4), seed=0):
     """A fixed smooth nonlinear function of (z, t) standing in for a trained network."""
     g = torch.Generator().manual_seed(seed)

@@ -9,12 +9,7 @@ from distill_core.targets import (btd_target, grid_time, sample_btd_times, sampl
                                   tract_target)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.mark.parametrize("k", [2, 4])

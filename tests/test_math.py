@@ -13,13 +13,7 @@ from distill_core.schedules import alpha_sigma, edm_sigmas, expand, logsnr_cosin
 
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Closed forms are checked in double precision; restored afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def rand_t(n, lo=1e-3, hi=1.0):
