@@ -5,6 +5,7 @@ the learning-rate schedule (warm-up, then constant or linear anneal to 0), the E
 throttled loss logging (no host sync except at logging intervals), progress output and
 periodic checkpoints. A non-finite loss stops the loop with one clear error.
 """
+import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -12,6 +13,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .callbacks import Callback
+
+
+log = logging.getLogger(__name__)
 
 
 class DivergenceError(RuntimeError):
@@ -73,6 +77,8 @@ def run_updates(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
                                  f"{settings.metric_prefix}/lr": optimizer.param_groups[0]["lr"]},
                                 step_offset + step + 1)
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+            if bar.disable and settings.progress and (step + 1) % max(settings.log_every, settings.updates // 10) == 0:
+                log.info("%s: %d/%d updates, loss %.4f", settings.desc, step + 1, settings.updates, mean_loss)
             running.zero_()
             since_log = 0
         if save_checkpoint and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and not last:

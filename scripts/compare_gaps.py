@@ -22,11 +22,15 @@ def main():
     p.add_argument("--model", default="distill-students")
     p.add_argument("--steps", default="1,2")
     p.add_argument("--grids", default=None, help="folder for the sample grids (teacher and students)")
+    p.add_argument("--versions", default=None, help="comma list of versions (default: the newest per method)")
     a = p.parse_args()
     mlflow.set_tracking_uri(a.tracking_uri)
     client = MlflowClient()
     newest = {}
+    wanted = set(a.versions.split(",")) if a.versions else None
     for v in client.search_model_versions(f"name = '{a.model}'"):
+        if wanted is not None and str(v.version) not in wanted:
+            continue
         m = v.tags.get("method")
         if m and (m not in newest or int(v.version) > int(newest[m].version)):
             newest[m] = v

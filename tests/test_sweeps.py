@@ -135,7 +135,7 @@ def compose(overrides, tmp_path):
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from conftest import REPO
-    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(str(REPO / "conf")):
         cfg = hydra_compose("config", overrides=[*overrides, f"hydra.run.dir={tmp_path}/out"], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg

@@ -1,0 +1,68 @@
+"""The papers' ablations as ready sweeps, and the report that reads them back."""
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from sweeps.config import check
+from sweeps.report import SPECS
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_every_experiment_has_a_report_spec():
+    assert EXPERIMENTS == sorted(SPECS)
+
+
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_names_only_real_keys(name, scale):
+    with initialize_config_dir(str(REPO / "conf")):
+        cfg = compose("config", overrides=[f"+experiment={name}", f"scale={scale}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    assert params, f"{name} sweeps nothing"
+    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    for key, values in params.items():
+        assert OmegaConf.select(base, key, default="__missing__") != "__missing__", f"{name}: unknown key {key}"
+        for value in str(values).replace("],[", "]|[").split("|" if "[" in str(values) else ","):
+            with initialize_config_dir(str(REPO / "conf")):
+                one = compose("config", overrides=[f"+experiment={name}", f"scale={scale}", f"{key}={value}"])
+            check(one)  # every cell of the sweep is a valid job
+    assert cfg.experiment_name == f"ablation-{name}"
+    if scale == "paper":
+        assert cfg.data.name == "cifar10" and cfg.model.preset == "unet_cifar10" and cfg.eval.num_samples == 50000
+
+
+def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    sweep = subprocess.run([sys.executable, "-m", "sweeps.run", "-m", "+experiment=tract_mu_s", "+debug=tiny",
+                            "distill.mu_s=0.5,0.9", f"hydra.sweep.dir={tmp_path}/sweep"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    report = subprocess.run([sys.executable, "-m", "sweeps.report", "tract_mu_s", "--out", str(tmp_path / "reports")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in (tmp_path / "reports" / "tract_mu_s" / "tract_mu_s.md").read_text().splitlines()
+            if line.startswith("| 0")}
+    assert set(rows) == {"0.0", "0.5", "0.9", "0.99"}
+    for filled in ("0.5", "0.9"):
+        assert rows[filled][0] == "1" and rows[filled][1] != "missing"  # one run, a gap
+    for empty in ("0.0", "0.99"):
+        assert rows[empty][:2] == ["0", "missing"]
+    assert rows["0.5"][-1] == "5.24" and rows["0.99"][-1] == "7.61"  # the paper's column
+    for f in ("tract_mu_s.csv", "tract_mu_s_metric.png", "tract_mu_s_vs_steps.png"):
+        assert (tmp_path / "reports" / "tract_mu_s" / f).stat().st_size > 0
+    import mlflow
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    reports = mlflow.search_runs(experiment_names=["ablation-tract_mu_s"], filter_string="tags.role = 'report'",
+                                 output_format="list")
+    assert len(reports) == 1
+    missing = subprocess.run([sys.executable, "-m", "sweeps.report", "btd_vs_tract", "--out", str(tmp_path / "r2")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 0 and "missing" in missing.stdout  # no runs: gaps, not a crash
