@@ -235,7 +235,8 @@ class Evaluator:
         kwargs = dict(input2=self.real, input2_cache_name=self.cache_name, fid=self.fid, kid=self.kid, isc=False,
                       cuda=self.device == "cuda", batch_size=self.batch_size, verbose=False,
                       feature_extractor=EXTRACTOR, feature_extractor_weights_path=self.weights,
-                      kid_subset_size=min(1000, n, len(self.real)), rng_seed=self.seed,
+                      # subsets of half the count, so KID's std over subsets means something at small n
+                      kid_subset_size=max(2, min(1000, n // 2, len(self.real) // 2)), rng_seed=self.seed,
                       save_cpu_ram=self.device != "cuda")  # no DataLoader worker processes on a CPU
         if self.cache_root:
             kwargs["cache_root"] = self.cache_root
