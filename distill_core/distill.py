@@ -128,7 +128,7 @@ class Distiller:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.mu_i = inference_momentum(cfg)
         # state that a checkpoint carries
-        self.phase, self.step = 0, 0
+        self.phase, self.step, self._global_step = 0, 0, 0
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.student = self._new_student(self.teacher)
         self.self_teacher = EMA(self.student, cfg.mu_s) if cfg.method == "tract" else None

@@ -92,7 +92,6 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
         for method in ("btd", "tract"):
             cfg = DistillConfig(method=method, schedule=[2 * steps, steps], batch_size=batch, checkpoint_every=0)
             d = Distiller(teacher, data, cfg, Path(tmp), device=device, progress=False)
-            d._global_step = 0
 
             def distill_step():
                 loss = d.loss(2 * steps, steps)
