@@ -7,4 +7,6 @@ def total_over_phases(total, schedule) -> int:
     return max(1, int(total) // max(1, len(list(schedule)) - 1))
 
 
-OmegaConf.register_new_resolver("total_over_phases", total_over_phases, replace=True)
+# omegaconf 2.4 renamed register_new_resolver (now deprecated) to register_resolver
+register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+register("total_over_phases", total_over_phases, replace=True)
