@@ -11,6 +11,8 @@ killed job resumes where it stopped and ends with the same weights.
 """
 import copy
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -158,8 +160,10 @@ class Distiller:
 
     def save(self, name: str) -> None:
         digest = save_atomic(self.state(), self.workdir / name)
-        if name != self.checkpoint_path.name:
-            save_atomic(self.state(), self.checkpoint_path)
+        if name != self.checkpoint_path.name:  # the phase file is also the new resume point: copy, not re-serialise
+            tmp = self.checkpoint_path.with_name(f".{self.checkpoint_path.name}.tmp")
+            shutil.copyfile(self.workdir / name, tmp)
+            os.replace(tmp, self.checkpoint_path)
         self.callback.on_checkpoint(self.workdir / name, digest, name)
 
     def load(self, path: Path) -> None:
