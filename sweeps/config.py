@@ -14,7 +14,7 @@ from distill_core.distill import DistillConfig, validate
 from distill_core.models import PRESETS
 from distill_core.teacher import TeacherConfig
 
-OBJECTIVES = ("fid", "kid", "gap")
+OBJECTIVES = ("gap", "pixel_fd", "fid", "kid")
 
 
 class ConfigError(ValueError):
@@ -78,6 +78,14 @@ def check(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
         raise ConfigError(f"teacher.source must be 'train' or a models:/NAME@ALIAS (or models:/NAME/VERSION) URI; got {src!r}")
     if cfg.objective in ("fid", "kid") and not cfg.eval[cfg.objective]:
         raise ConfigError(f"objective={cfg.objective} needs eval.{cfg.objective}=true")
+    if cfg.objective == "pixel_fd" and not cfg.eval.pixel_fd_samples:
+        raise ConfigError("objective=pixel_fd needs eval.pixel_fd_samples >= 2")
+    m = cfg.eval.pixel_fd_samples
+    if not isinstance(m, int) or m == 1 or m < 0:
+        raise ConfigError(f"eval.pixel_fd_samples must be 0 (off) or an integer >= 2; got {m!r}")
+    gammas = list(cfg.eval.ancestral_gammas)
+    if not gammas or any(not isinstance(g, (int, float)) or not 0 <= g <= 1 for g in gammas):
+        raise ConfigError(f"eval.ancestral_gammas must be a non-empty list of numbers in [0, 1]; got {gammas!r}")
     n = cfg.eval.num_samples
     if n is not None and (not isinstance(n, int) or n < 2):
         raise ConfigError(f"eval.num_samples must be an integer >= 2 or null; got {n!r}")

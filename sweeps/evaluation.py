@@ -1,12 +1,47 @@
-"""Per-phase evaluation beyond the gap: FID/KID when enabled (see distill_core.fid)."""
+"""Per-phase evaluation beyond the gap: pixel FD (cheap, always on unless 0 samples), the
+undistilled teacher's curves when asked (`eval.teacher_curves`), and FID/KID when enabled."""
+import logging
+
+log = logging.getLogger(__name__)
 
 
-def phase_metrics(cfg, data, device):
-    """A function (phase, steps, model) -> metrics, or None when no FID/KID is asked for."""
-    if not (cfg.eval.fid or cfg.eval.kid):
+def phase_metrics(cfg, data, device, teacher=None, base_steps=None):
+    """A function (phase, steps, model) -> metrics, or None when nothing beyond the gap is asked for.
+
+    With `eval.teacher_curves`, every phase also scores the original teacher at the student's step
+    count under DDIM and the ancestral sampler (PD Fig. 4); with `eval.teacher_base`, the first
+    phase scores it at the schedule's base step count (PD Table 1)."""
+    parts = []
+    ev = cfg.eval
+    if ev.pixel_fd_samples:
+        from distill_core.pixel_fd import PixelFD
+        pfd = PixelFD(data.all(), int(ev.pixel_fd_samples), seed=cfg.seed,
+                      ancestral_gammas=tuple(ev.ancestral_gammas), device=device)
+        parts.append(lambda phase, steps, model: {"pixel_fd": pfd.ddim(model, steps)})
+        if (ev.teacher_curves or ev.teacher_base) and teacher is not None:
+            def teacher_curves(phase, steps, model):
+                out = {}
+                if ev.teacher_curves:
+                    out["teacher_pixel_fd"] = pfd.ddim(teacher, steps)
+                    out["teacher_pixel_fd_ancestral"], out["teacher_ancestral_gamma"] = pfd.ancestral(teacher, steps)
+                if ev.teacher_base and phase == 0 and base_steps:
+                    log.info("scoring the teacher at its %d base steps (DDIM and ancestral)", base_steps)
+                    out["teacher_pixel_fd_base"] = pfd.ddim(teacher, base_steps)
+                    out["teacher_pixel_fd_base_ancestral"], out["teacher_base_ancestral_gamma"] = \
+                        pfd.ancestral(teacher, base_steps)
+                return out
+            parts.append(teacher_curves)
+    if ev.fid or ev.kid:
+        from distill_core import fid as core_fid
+        evaluator = core_fid.Evaluator.from_config(data, fid=ev.fid, kid=ev.kid, num_samples=ev.num_samples,
+                                                   weights=ev.inception_weights, device=device, seed=cfg.seed)
+        parts.append(lambda phase, steps, model: evaluator(model, steps))
+    if not parts:
         return None
-    from distill_core import fid as core_fid
-    evaluator = core_fid.Evaluator.from_config(data, fid=cfg.eval.fid, kid=cfg.eval.kid,
-                                               num_samples=cfg.eval.num_samples, weights=cfg.eval.inception_weights,
-                                               device=device, seed=cfg.seed)
-    return lambda phase, steps, model: evaluator(model, steps)
+
+    def evaluate(phase, steps, model):
+        metrics = {}
+        for part in parts:
+            metrics.update(part(phase, steps, model))
+        return metrics
+    return evaluate

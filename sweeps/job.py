@@ -115,7 +115,7 @@ def run_job(cfg: DictConfig) -> float:
 
         from .evaluation import phase_metrics
         callback = tracking.MlflowCallback(run_id, synchronous=not cfg.tracking.async_logging,
-                                           extra_metrics=phase_metrics(cfg, data, device),
+                                           extra_metrics=phase_metrics(cfg, data, device, teacher, dc.schedule[0]),
                                            logged=tracking.logged_steps(run_id) if resume_id else None)
         eval_noise = torch.randn((cfg.eval.gap_samples, *teacher.data_shape),
                                  generator=torch.Generator().manual_seed(cfg.seed + 1))
