@@ -17,6 +17,23 @@ from .samplers import ancestral_sample, ddim_sample
 from .schedules import LOGSNR_MAX, LOGSNR_MIN, alpha_sigma_from_logsnr, expand, logsnr_cosine
 
 
+def plain_call(net: nn.Module, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
+    return net(z, logsnr)
+
+
+_compiled = None
+
+
+def compiled_call(net: nn.Module, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
+    """One compiled function for every network: with inlined nn.Modules (torch >= 2.5) the modules
+    are inputs, not guards, so teacher, student and EMA copies of one architecture share graphs.
+    Built on first use, so importing this module stays cheap."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(plain_call)
+    return _compiled(net, z, logsnr)
+
+
 class DiffusionModel(nn.Module):
     def __init__(self, preset: str, data_shape: tuple, parameterization: str = "v",
                  logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
@@ -28,6 +45,7 @@ class DiffusionModel(nn.Module):
                            network_overrides=dict(network_overrides or {}))
         self.info = dict(info or {})  # method, distilled step counts, dataset ... (plain values)
         self.amp = True  # bf16 autocast of the network on CUDA (no effect on the CPU)
+        self.compiled = False  # torch.compile the network call (`use_fast_paths`); a runtime choice, not saved
         self.net = build_network(preset, data_shape[0], param.output_heads(parameterization),
                                  **self.config["network_overrides"])
 
@@ -46,14 +64,26 @@ class DiffusionModel(nn.Module):
         """The model's estimate of the clean data at time t (optionally clipped to [-1, 1])."""
         logsnr = self.logsnr(t)
         alpha, sigma = (expand(v, z) for v in alpha_sigma_from_logsnr(logsnr))
+        net = compiled_call if getattr(self, "compiled", False) else plain_call
         if z.is_cuda and getattr(self, "amp", True):  # bf16 autocast for the network only, on CUDA
+            if z.dim() == 4:  # channels_last: the fast convolution layout under bf16
+                z = z.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = self.net(z, logsnr)
-            out = out.float()
+                out = net(self.net, z, logsnr)
+            out = out.float().contiguous()
         else:
-            out = self.net(z, logsnr)
+            out = net(self.net, z, logsnr)
         x = param.x_from_output(self.parameterization, out, z, alpha, sigma)
         return x.clamp(-1.0, 1.0) if clip else x
+
+    def use_fast_paths(self, device, compile: bool = False) -> "DiffusionModel":
+        """Move to `device`; on CUDA with images, keep the weights channels_last (the inputs follow
+        in `x_hat`); optionally compile the network call (graphs are built on first use)."""
+        self.to(device)
+        if str(device).startswith("cuda") and len(self.data_shape) == 3:
+            self.to(memory_format=torch.channels_last)
+        self.compiled = compile
+        return self
 
     def denoiser(self, clip: bool):
         return lambda z, t: self.x_hat(z, t, clip)

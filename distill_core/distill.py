@@ -54,6 +54,7 @@ class DistillConfig:
     log_every: int = 25
     seed: int = 0
     inject_nan_at: Optional[int] = None  # testing knob: make the loss NaN at this global update
+    compile: bool = False  # torch.compile the network calls (see DiffusionModel.use_fast_paths)
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -123,7 +124,7 @@ class Distiller:
         self.callback = callback or Callback()
         self.workdir = Path(workdir)
         self.clip = cfg.clip_x if cfg.clip_x is not None else cfg.method == "tract"
-        self.original_teacher = teacher.to(device).eval()
+        self.original_teacher = teacher.use_fast_paths(device, cfg.compile).eval()
         self.eval_noise = eval_noise if eval_noise is not None else \
             torch.randn((64, *teacher.data_shape), generator=torch.Generator().manual_seed(cfg.seed + 1))
         self.eval_noise = self.eval_noise.to(device)

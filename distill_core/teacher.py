@@ -38,6 +38,7 @@ class TeacherConfig:
     dropout: Optional[float] = None  # None: the preset's
     seed: int = 0
     checkpoint_every: int = 500
+    compile: bool = False  # torch.compile the network call: a speed choice, not part of the teacher's identity
 
 
 def denoising_loss(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -56,7 +57,7 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
     model = DiffusionModel(cfg.preset, data.shape, cfg.parameterization,
                            network_overrides={"dropout": cfg.dropout},
                            info={"role": "teacher", "method": "teacher", "dataset": data.name,
-                                 "teacher_config": asdict(cfg)}).to(device)
+                                 "teacher_config": asdict(cfg)}).use_fast_paths(device, cfg.compile)
     ema = EMA(model, cfg.ema)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  fused=str(device).startswith("cuda"))

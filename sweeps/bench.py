@@ -53,7 +53,26 @@ def synthetic_data(preset: str, shape, n=2048):
     return core_data.TensorData(preset, torch.randint(0, 256, (n, *shape), dtype=torch.uint8))
 
 
-def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_mlflow=False, data_root=None):
+# dense bf16 peak of the GPUs this project is lent (NVIDIA datasheets, SXM parts), for MFU
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_tflops(device_name: str):
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
+
+
+def step_flops(model, x, t) -> float:
+    """FLOPs of one training step's forward + backward, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.x_hat(x, t).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_mlflow=False, data_root=None,
+          compile=False):
     torch.manual_seed(0)
     name = DATA_FOR[preset]
     try:
@@ -61,13 +80,13 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
     except core_data.DataError:
         data = None
     shape = data.shape if data else {"unet_small": (1, 28, 28), "unet_cifar10": (3, 32, 32)}[preset]
-    data = data or synthetic_data(name, shape)
-    teacher = DiffusionModel(preset, shape, "v").to(device)
-    student = DiffusionModel(preset, shape, "v").to(device)
-    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    data = (data or synthetic_data(name, shape)).to(device)  # resident, as the jobs keep it
+    teacher = DiffusionModel(preset, shape, "v").use_fast_paths(device, compile)
+    student = DiffusionModel(preset, shape, "v").use_fast_paths(device, compile)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4, fused=device == "cuda")
     g = torch.Generator().manual_seed(0)
     out = {"device": device if device == "cpu" else torch.cuda.get_device_name(), "preset": preset, "batch": batch,
-           "params": sum(p.numel() for p in student.parameters())}
+           "compile": compile, "params": sum(p.numel() for p in student.parameters())}
 
     def train_step():
         x = data.batch(batch, g).to(device)
@@ -78,6 +97,13 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
         opt.step()
 
     out["train_step_s"] = per_call(train_step, reps, device)
+    out["train_images_per_s"] = batch / out["train_step_s"]
+    flops = step_flops(DiffusionModel(preset, shape, "v").use_fast_paths(device), data.batch(batch, g),
+                       torch.rand(batch, generator=g).to(device))
+    out["train_tflops_per_s"] = flops / out["train_step_s"] / 1e12
+    peak = peak_tflops(out["device"]) if device == "cuda" else None
+    if peak:
+        out["mfu"] = out["train_tflops_per_s"] / peak  # of the dense bf16 peak
     frozen = teacher.eval().requires_grad_(False)
     x_fixed, t_fixed = data.batch(batch, g).to(device), torch.rand(batch, generator=g).to(device)
 
@@ -91,6 +117,7 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
     with tempfile.TemporaryDirectory() as tmp:
         for method in ("btd", "tract"):
             cfg = DistillConfig(method=method, schedule=[2 * steps, steps], batch_size=batch, checkpoint_every=0)
+            cfg.compile = compile
             d = Distiller(teacher, data, cfg, Path(tmp), device=device, progress=False)
 
             def distill_step():
@@ -103,6 +130,7 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
 
             out[f"{method}_step_s"] = per_call(distill_step, reps, device)
             out[f"{method}_ratio"] = out[f"{method}_step_s"] / out["train_step_s"]
+            out[f"{method}_images_per_s"] = batch / out[f"{method}_step_s"]
 
     noise = torch.randn((batch, *shape), device=device)
     teacher.eval()
@@ -189,11 +217,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=16, help="sampler steps for the overhead measurement")
     p.add_argument("--data-root", default=None)
     p.add_argument("--mlflow", action="store_true", help="also log the figures as an MLflow run (MLFLOW_TRACKING_URI)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network calls (as compile=true)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if a.batch < 1 or a.reps < 1:
         p.error("--batch and --reps must be positive")
-    out = bench(a.preset, a.batch, a.reps, a.device, a.steps, a.mlflow, a.data_root)
+    out = bench(a.preset, a.batch, a.reps, a.device, a.steps, a.mlflow, a.data_root, a.compile)
     width = max(map(len, out))
     for k, v in out.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")

@@ -105,11 +105,12 @@ def run_job(cfg: DictConfig) -> float:
             resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
             mlflow.log_artifact(str(resolved))
         data_cfg = {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root}
+        train_data = data.to(device)  # resident on the GPU: batches never cross from the host
         if job.get("teacher_version"):  # a resumed job keeps the teacher it started with
             teacher_version = job.get("teacher_version")
             teacher = registry.load(f"models:/{teacher_version}", device)
         else:
-            teacher, teacher_version = get_teacher(cfg, tc, data, data_cfg, device, run_id)
+            teacher, teacher_version = get_teacher(cfg, tc, train_data, data_cfg, device, run_id)
             job.update(teacher_version=teacher_version)
             mlflow.set_tag("teacher_version", teacher_version)
 
@@ -119,7 +120,7 @@ def run_job(cfg: DictConfig) -> float:
                                            logged=tracking.logged_steps(run_id) if resume_id else None)
         eval_noise = torch.randn((cfg.eval.gap_samples, *teacher.data_shape),
                                  generator=torch.Generator().manual_seed(cfg.seed + 1))
-        distiller = Distiller(teacher, data, dc, job.dir, callback=callback, device=device, eval_noise=eval_noise)
+        distiller = Distiller(teacher, train_data, dc, job.dir, callback=callback, device=device, eval_noise=eval_noise)
         try:
             result = distiller.run()
         except DivergenceError as e:

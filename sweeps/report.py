@@ -1,8 +1,9 @@
 """`python -m sweeps.report NAME`: an ablation's MLflow runs as the paper's table and plots.
 
 Reads the finished runs of the experiment `ablation-NAME`, puts each run's final-phase metrics
-(gap always; FID/KID when they were computed) in the row of its swept value(s), the paper's number
-beside it, and marks what is missing rather than failing. Writes Markdown, CSV and PNG plots to
+(gap always; pixel FD, FID/KID when they were computed) in the row of its swept value(s), the
+paper's number beside it, marks what is missing rather than failing, and says in one line whether
+our ordering of the cells agrees with the paper's (Kendall's tau). Writes Markdown, CSV and PNG plots to
 `reports/NAME/`, and logs them as an MLflow run (tag role=report) so the UI shows the report.
 """
 import argparse
@@ -12,16 +13,20 @@ import sys
 from pathlib import Path
 
 # Reference numbers: DESIGN.md section 4 (CIFAR-10 FID, 50k samples; "unverified" as noted there).
-PD_TABLE1_DDIM = {("both", "snr"): 2.78, ("both", "truncated_snr"): 2.76, ("both", "snr_plus_one"): 2.87,
-                  ("x", "snr"): 2.75, ("x", "truncated_snr"): 2.51, ("x", "snr_plus_one"): 2.65,
-                  ("eps", "snr"): 2.91, ("eps", "truncated_snr"): "diverges", ("eps", "snr_plus_one"): 3.27,
-                  ("v", "snr"): 3.05, ("v", "truncated_snr"): 2.75, ("v", "snr_plus_one"): 2.87}
+# PD Table 1: (stochastic sampler, DDIM sampler) FID of the undistilled teacher.
+PD_TABLE1 = {("both", "snr"): (2.54, 2.78), ("both", "truncated_snr"): (2.47, 2.76),
+             ("both", "snr_plus_one"): (2.52, 2.87), ("x", "snr"): (2.65, 2.75), ("x", "truncated_snr"): (2.53, 2.51),
+             ("x", "snr_plus_one"): (2.56, 2.65), ("eps", "snr"): (2.59, 2.91), ("eps", "truncated_snr"): "diverges",
+             ("eps", "snr_plus_one"): (2.56, 3.27), ("v", "snr"): (2.65, 3.05), ("v", "truncated_snr"): (2.45, 2.75),
+             ("v", "snr_plus_one"): (2.49, 2.87)}
 
 
 def n_phases(params) -> str:
     return f"{len(eval(params['distill.schedule'])) - 1} phase(s)"  # schedule params are list reprs
 
 
+# layout: "runs" (a row per swept value, final-phase metrics), "steps" (a row per step count, over
+# the phases of every run), "teacher" (a row per cell, the teacher's base-step scores first).
 SPECS = {
     "tract_mu_s": dict(axes=["distill.mu_s"], key=lambda p: float(p["distill.mu_s"]),
                        paper={0.0: 6.32, 0.5: 5.24, 0.9: 6.04, 0.99: 7.61},
@@ -41,29 +46,42 @@ SPECS = {
     "pd_updates_per_phase": dict(axes=["distill.updates_per_phase"], key=lambda p: int(p["distill.updates_per_phase"]),
                                  paper={}, note="PD section 5.3: plot only"),
     "pd_step_factor": dict(axes=["distill.schedule"], key=n_phases, paper={}, note="PD section 5.3: plot only"),
-    "pd_param_weighting": dict(axes=["distill.parameterization", "distill.weighting"],
+    "pd_param_weighting": dict(axes=["distill.parameterization", "distill.weighting"], layout="teacher",
                                key=lambda p: (p["distill.parameterization"], p["distill.weighting"]),
-                               paper=PD_TABLE1_DDIM, note="PD Table 1, undistilled teacher, DDIM sampler"),
-    "pd_fid_vs_steps": dict(axes=["seed"], key=lambda p: int(p["seed"]),
-                            paper={}, note="PD Table 2 (distilled, FID): 1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57"),
+                               paper=PD_TABLE1,
+                               note="PD Table 1, undistilled teacher, FID stochastic / DDIM sampler"),
+    "pd_fid_vs_steps": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]),
+                            paper={1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57},
+                            note="PD Table 2, distilled students' FID (the DDIM / stochastic curves of Fig. 4 "
+                                 "are plot only)"),
 }
-METRICS = ("gap", "fid", "kid")
+METRICS = ("gap", "pixel_fd", "fid", "kid")
+PHASE_METRICS = ("gap", "teacher_gap", "pixel_fd", "teacher_pixel_fd", "teacher_pixel_fd_ancestral",
+                 "teacher_ancestral_gamma", "fid", "kid")
+TEACHER_METRICS = ("teacher_pixel_fd_base_ancestral", "teacher_pixel_fd_base")
 
 
 def fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "missing"
+    if isinstance(v, tuple):
+        return " / ".join(fmt(x) for x in v)
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def collect(name: str):
-    """{row key: {metric: mean over finished runs, 'runs': n}} plus per-run phase curves."""
+def mean(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def collect(name: str) -> list[dict]:
+    """The experiment's finished distillation runs: {key, final: {metric: latest}, phases: {steps: {metric}}}."""
     import mlflow
     from mlflow.tracking import MlflowClient
-    spec = SPECS[name]
+    spec, client = SPECS[name], MlflowClient()
     runs = mlflow.search_runs(experiment_names=[f"ablation-{name}"], output_format="list",
                               filter_string="attributes.status = 'FINISHED'")
-    rows, curves, client = {}, [], MlflowClient()
+    out = []
     for r in runs:
         if not r.data.tags.get("method"):
             continue  # teacher and report runs
@@ -71,79 +89,160 @@ def collect(name: str):
             key = spec["key"](r.data.params)
         except (KeyError, ValueError, SyntaxError):
             continue
-        cell = rows.setdefault(key, {"runs": 0, **{m: [] for m in METRICS}})
-        cell["runs"] += 1
-        for m in METRICS:
-            if m in r.data.metrics:
-                cell[m].append(r.data.metrics[m])
-        steps = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "phase_steps")}
-        gaps = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "gap")}
-        teacher = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "teacher_gap")}
-        curves.append((str(key), [(steps[s], gaps[s], teacher.get(s)) for s in sorted(gaps) if s in steps]))
-    for cell in rows.values():
-        for m in METRICS:
-            cell[m] = sum(cell[m]) / len(cell[m]) if cell[m] else None
-    return rows, curves
+        history = {m: {h.step: h.value for h in client.get_metric_history(r.info.run_id, m)}
+                   for m in PHASE_METRICS + ("phase_steps",) if m in r.data.metrics}
+        steps = history.pop("phase_steps", {})
+        phases = {int(steps[i]): {m: h[i] for m, h in history.items() if i in h} for i in sorted(steps)}
+        out.append({"key": key, "final": dict(r.data.metrics), "phases": phases})
+    return out
 
 
-def table(name: str, rows: dict):
-    spec = SPECS[name]
-    keys = list(rows) + [k for k in spec["paper"] if k not in rows]
+def group(runs: list[dict], metrics) -> dict:
+    """{key: {'runs': n, metric: mean over the runs}} from the runs' final values."""
+    rows = {}
+    for r in runs:
+        rows.setdefault(r["key"], []).append(r["final"])
+    return {k: {"runs": len(v), **{m: mean([f.get(m) for f in v]) for m in metrics}} for k, v in rows.items()}
+
+
+def sorted_keys(keys):
+    keys = list(dict.fromkeys(keys))
     try:
         keys.sort(key=lambda k: (str(type(k)), k))
     except TypeError:
         pass
-    header = [" x ".join(spec["axes"]), "runs", "gap (ours)", "FID (ours)", "KID (ours)", "paper"]
-    body = []
-    for k in keys:
-        cell = rows.get(k, {})
-        body.append([str(k), str(cell.get("runs", 0)), fmt(cell.get("gap")), fmt(cell.get("fid")),
-                     fmt(cell.get("kid")), fmt(spec["paper"].get(k, "plot only" if not spec["paper"] else None))])
-    return header, body
+    return keys
 
 
-def write(name: str, header, body, curves, out: Path) -> list[Path]:
+def table(name: str, runs: list[dict]):
+    """(header, body rows as strings, comparisons) in the paper's layout; a comparison is
+    (what, {key: our value}, {key: the paper's value}) for `agreement`."""
+    spec = SPECS[name]
+    layout, paper = spec.get("layout", "runs"), spec["paper"]
+    body, ours, theirs = [], {}, {}
+    if layout == "steps":
+        per_steps = {}
+        for r in runs:
+            for steps, m in r["phases"].items():
+                per_steps.setdefault(steps, []).append(m)
+        header = ["steps", "runs", "student gap", "teacher DDIM gap", "student pixel FD", "teacher DDIM pixel FD",
+                  "teacher ancestral pixel FD (gamma)", "student FID", "paper (distilled FID)"]
+        for k in sorted_keys(list(per_steps) + list(paper)):
+            cells = per_steps.get(k, [])
+            avg = {m: mean([c.get(m) for c in cells]) for m in PHASE_METRICS}
+            anc = fmt(avg["teacher_pixel_fd_ancestral"])
+            if avg["teacher_ancestral_gamma"] is not None:
+                anc += f" ({avg['teacher_ancestral_gamma']:.2g})"
+            body.append([label(k), str(len(cells)), fmt(avg["gap"]), fmt(avg["teacher_gap"]), fmt(avg["pixel_fd"]),
+                         fmt(avg["teacher_pixel_fd"]), anc, fmt(avg["fid"]), fmt(paper.get(k, "plot only"))])
+            ours[k] = avg["fid"] if avg["fid"] is not None else avg["pixel_fd"]
+        return header, body, [("student FID or pixel FD vs distilled FID", ours, dict(paper))]
+    elif layout == "teacher":
+        rows = group(runs, TEACHER_METRICS + METRICS)
+        header = [" x ".join(spec["axes"]), "runs", "teacher pixel FD ancestral", "teacher pixel FD DDIM",
+                  "student gap", "student pixel FD", "paper (FID stochastic / DDIM)"]
+        for k in sorted_keys(list(rows) + list(paper)):
+            c = rows.get(k, {})
+            body.append([label(k), str(c.get("runs", 0)), fmt(c.get("teacher_pixel_fd_base_ancestral")),
+                         fmt(c.get("teacher_pixel_fd_base")), fmt(c.get("gap")), fmt(c.get("pixel_fd")),
+                         fmt(paper.get(k))])
+            for i, metric in enumerate(TEACHER_METRICS):
+                ours.setdefault(i, {})[k] = c.get(metric)
+                theirs.setdefault(i, {})[k] = paper[k][i] if isinstance(paper.get(k), tuple) else None
+        return header, body, [("teacher, ancestral vs stochastic", ours.get(0, {}), theirs.get(0, {})),
+                              ("teacher, DDIM", ours.get(1, {}), theirs.get(1, {}))]
+    else:
+        rows = group(runs, METRICS)
+        header = [" x ".join(spec["axes"]), "runs", "gap (ours)", "pixel FD (ours)", "FID (ours)", "KID (ours)", "paper"]
+        for k in sorted_keys(list(rows) + list(paper)):
+            c = rows.get(k, {})
+            body.append([label(k), str(c.get("runs", 0)), fmt(c.get("gap")), fmt(c.get("pixel_fd")), fmt(c.get("fid")),
+                         fmt(c.get("kid")), fmt(paper.get(k, "plot only" if not paper else None))])
+            ours[k] = next((c[m] for m in ("fid", "pixel_fd", "gap") if c.get(m) is not None), None)
+    return header, body, [("FID, else pixel FD, else gap", ours, dict(paper))]
+
+
+def label(key) -> str:
+    return " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def agreement(what: str, ours: dict, theirs: dict) -> str:
+    """One line: does our ordering of the cells agree with the paper's (Kendall's tau over shared cells)?"""
+    shared = [k for k in ours if ours[k] is not None and isinstance(theirs.get(k), (int, float))]
+    if len(shared) < 2:
+        return f"ordering vs paper ({what}): not comparable (fewer than two cells with both numbers)"
+    from scipy.stats import kendalltau
+    tau = kendalltau([ours[k] for k in shared], [theirs[k] for k in shared]).statistic
+    best_ours, best_theirs = min(shared, key=ours.get), min(shared, key=theirs.get)
+    if math.isnan(tau):
+        return f"ordering vs paper ({what}): undefined over {len(shared)} cells (ties)"
+    verdict = ("same ordering" if tau > 0.999 else "partly agrees" if tau > 0 else "disagrees")
+    return (f"ordering vs paper ({what}) over {len(shared)} cells: Kendall tau {tau:+.2f} ({verdict}); "
+            f"best cell: ours {label(best_ours)}, paper {label(best_theirs)}")
+
+
+def number(cell: str):
+    """The leading number of a table cell, or None (missing, diverges, ...)."""
+    try:
+        return float(cell.split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def write(name: str, header, body, lines: list[str], runs: list[dict], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     spec = SPECS[name]
-    md = [f"# {name}", "", f"Paper column: {spec['note']}. Ours: final phase, mean over finished runs; "
-          "FID/KID only where the runs computed them (eval.fid / eval.kid), with their sample count in MLflow.", "",
+    ours = ("each step count over the phases of the finished runs, mean over runs" if spec.get("layout") == "steps"
+            else "final phase, mean over finished runs")
+    md = [f"# {name}", "", f"Paper column: {spec['note']}. Ours: {ours}; "
+          "pixel FD = Fréchet distance on raw pixels vs the data (lower is better; not comparable with FID); "
+          "FID/KID only where the runs computed them (eval.fid / eval.kid).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in body]
+    md += [""] + [f"- {line}" for line in lines]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     with open(out / f"{name}.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *body])
-    files = [out / f"{name}.md", out / f"{name}.csv"]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [row[0] for row in body if row[2] != "missing"]
-    ys = [float(row[2]) for row in body if row[2] != "missing"]
-    if xs:
-        ax.plot(range(len(xs)), ys, "o-")
-        ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right")
-    ax.set_xlabel(" x ".join(spec["axes"]))
-    ax.set_ylabel("gap at the final step count (ours)")
-    ax.set_title(name)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, col in zip(axes, (2, 3)):
+        points = [(row[0], number(row[col])) for row in body if number(row[col]) is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(range(len(xs)), ys, "o-")
+            ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right", fontsize=7)
+        ax.set_xlabel(header[0])
+        ax.set_ylabel(header[col])
+    fig.suptitle(name)
     fig.tight_layout()
     fig.savefig(out / f"{name}_metric.png", dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in curves:
-        if points:
-            steps, gap, teacher = zip(*points)
-            ax.plot(steps, gap, "o-", label=f"student {label}")
-            if all(t is not None for t in teacher):
-                ax.plot(steps, teacher, "x--", color="grey", alpha=0.6)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("gap (students: lines; teacher DDIM: grey)")
-    if curves:
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("gap", "pixel_fd")):
+        teacher_drawn = set()
+        for r in sorted(runs, key=lambda r: str(r["key"])):
+            steps = sorted(s for s in r["phases"] if metric in r["phases"][s])
+            if not steps:
+                continue
+            ax.plot(steps, [r["phases"][s][metric] for s in steps], "o-", label=f"student {r['key']}")
+            for tm, style in ((f"teacher_{metric}", "x--"), (f"teacher_{metric}_ancestral", "s:")):
+                ts = [s for s in steps if tm in r["phases"][s]]
+                if ts and tm not in teacher_drawn:
+                    teacher_drawn.add(tm)
+                    ax.plot(ts, [r["phases"][s][tm] for s in ts], style, color="grey", alpha=0.7,
+                            label="teacher " + ("ancestral" if "ancestral" in tm else "DDIM"))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(metric)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.suptitle(f"{name}: per phase")
     fig.tight_layout()
     fig.savefig(out / f"{name}_vs_steps.png", dpi=100)
     plt.close(fig)
-    return files + [out / f"{name}_metric.png", out / f"{name}_vs_steps.png"]
+    return [out / f"{name}.md", out / f"{name}.csv", out / f"{name}_metric.png", out / f"{name}_vs_steps.png"]
 
 
 def main(argv=None) -> int:
@@ -161,11 +260,11 @@ def main(argv=None) -> int:
     if mlflow.get_experiment_by_name(f"ablation-{a.name}") is None:
         print(f"note: no experiment ablation-{a.name} yet; every cell is missing "
               f"(run: python -m sweeps.run -m +experiment={a.name})", file=sys.stderr)
-        rows, curves = {}, []
+        runs = []
     else:
-        rows, curves = collect(a.name)
-    header, body = table(a.name, rows)
-    files = write(a.name, header, body, curves, Path(a.out) / a.name)
+        runs = collect(a.name)
+    header, body, comparisons = table(a.name, runs)
+    files = write(a.name, header, body, [agreement(*c) for c in comparisons], runs, Path(a.out) / a.name)
     print((Path(a.out) / a.name / f"{a.name}.md").read_text())
     if not a.no_mlflow_run and mlflow.get_experiment_by_name(f"ablation-{a.name}") is not None:
         exp = mlflow.get_experiment_by_name(f"ablation-{a.name}")

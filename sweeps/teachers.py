@@ -30,7 +30,7 @@ class TeacherError(RuntimeError):
 
 
 def teacher_key(tc: TeacherConfig, data_cfg: dict) -> str:
-    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k != "checkpoint_every"}, "data": data_cfg}
+    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile")}, "data": data_cfg}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 

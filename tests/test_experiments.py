@@ -66,3 +66,34 @@ def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "sweeps.report", "btd_vs_tract", "--out", str(tmp_path / "r2")],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 0 and "missing" in missing.stdout  # no runs: gaps, not a crash
+
+
+def test_agreement_line_is_kendalls_tau_over_the_shared_cells():
+    from sweeps.report import agreement
+    paper = {0.0: 6.32, 0.5: 5.24, 0.9: 6.04, 0.99: 7.61}
+    same = agreement("gap", {0.0: 3.0, 0.5: 1.0, 0.9: 2.0, 0.99: 4.0}, paper)
+    assert "tau +1.00 (same ordering)" in same and "ours 0.5, paper 0.5" in same
+    assert "tau -1.00 (disagrees)" in agreement("gap", {0.0: 2.0, 0.5: 4.0, 0.9: 3.0, 0.99: 1.0}, paper)
+    assert "over 3 cells" in agreement("gap", {0.0: 2.0, 0.5: 1.0, 0.9: None, 0.99: 3.0, 7: 1.0}, paper)
+    assert "not comparable" in agreement("gap", {0.5: 1.0}, paper)
+
+
+def test_steps_and_teacher_layouts_put_each_phase_and_cell_in_its_row():
+    from sweeps.report import table
+    runs = [{"key": s, "final": {}, "phases": {2: {"gap": g, "pixel_fd": 10.0 + g, "teacher_pixel_fd": 20.0,
+                                                   "teacher_pixel_fd_ancestral": 30.0, "teacher_ancestral_gamma": 0.5},
+                                               1: {"gap": 2 * g, "pixel_fd": 40.0}}} for s, g in ((0, 0.1), (1, 0.3))]
+    header, body, comparisons = table("pd_fid_vs_steps", runs)
+    rows = {r[0]: dict(zip(header, r)) for r in body}
+    assert set(rows) == {"1", "2", "4", "8"}
+    assert rows["2"]["runs"] == "2" and float(rows["2"]["student gap"]) == pytest.approx(0.2)
+    assert rows["2"]["teacher ancestral pixel FD (gamma)"] == "30 (0.5)" and rows["1"]["teacher DDIM pixel FD"] == "missing"
+    assert rows["4"]["runs"] == "0" and rows["8"]["paper (distilled FID)"] == "2.57"
+    assert comparisons[0][1] == {1: 40.0, 2: pytest.approx(10.2), 4: None, 8: None}
+    cells = [{"key": ("x", "snr"), "phases": {},
+              "final": {"teacher_pixel_fd_base_ancestral": 3.0, "teacher_pixel_fd_base": 4.0, "gap": 0.5}}]
+    header, body, comparisons = table("pd_param_weighting", cells)
+    rows = {r[0]: r for r in body}
+    assert len(rows) == 12 and rows["x / snr"][1:4] == ["1", "3", "4"] and rows["x / snr"][-1] == "2.65 / 2.75"
+    assert rows["eps / truncated_snr"][1:3] == ["0", "missing"] and rows["eps / truncated_snr"][-1] == "diverges"
+    assert [c[1][("x", "snr")] for c in comparisons] == [3.0, 4.0] and comparisons[1][2][("x", "snr")] == 2.75

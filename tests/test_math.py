@@ -128,3 +128,15 @@ def test_ema_bias_correction():
     assert torch.equal(plain.module.weight, src.weight)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         EMA(src, 1.0)
+
+
+def test_pixel_fd_of_a_shifted_copy_is_the_squared_shift():
+    """Fréchet distance between x and x + c: equal covariances, so exactly |c|^2."""
+    from distill_core.pixel_fd import distance, statistics
+    x = torch.randn(400, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    shift = torch.linspace(-0.5, 0.5, 16).reshape(1, 1, 4, 4)
+    assert distance(statistics(x), statistics(x)) == pytest.approx(0.0, abs=1e-6)
+    assert distance(statistics(x), statistics(x + shift)) == pytest.approx(float(shift.pow(2).sum()), rel=1e-5)
+    scaled = distance(statistics(x), statistics(2 * x))  # sigma -> 4 sigma: tr(S) + tr(4S) - 2 tr(2S) = tr(S)
+    assert scaled == pytest.approx(float(torch.cov(x.flatten(1).T.double()).trace()) + float(x.mean(0).pow(2).sum()),
+                                   rel=1e-5)
