@@ -245,32 +245,36 @@ def write(name: str, header, body, lines: list[str], runs: list[dict], out: Path
     return [out / f"{name}.md", out / f"{name}.csv", out / f"{name}_metric.png", out / f"{name}_vs_steps.png"]
 
 
+def report(name: str, out: Path, log_run: bool = True) -> None:
+    import mlflow
+    exp = mlflow.get_experiment_by_name(f"ablation-{name}")
+    if exp is None:
+        print(f"note: no experiment ablation-{name} yet; every cell is missing "
+              f"(run: python -m sweeps.run -m +experiment={name})", file=sys.stderr)
+    runs = collect(name) if exp is not None else []
+    header, body, comparisons = table(name, runs)
+    files = write(name, header, body, [agreement(*c) for c in comparisons], runs, out / name)
+    print((out / name / f"{name}.md").read_text())
+    if log_run and exp is not None:
+        with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"report {name}", tags={"role": "report"}):
+            for f in files:
+                mlflow.log_artifact(str(f), "report")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__.splitlines()[0])
-    p.add_argument("name", help=f"one of: {', '.join(SPECS)}")
+    p.add_argument("name", help=f"one of: {', '.join(SPECS)}, or all")
     p.add_argument("--out", default="reports")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     p.add_argument("--no-mlflow-run", action="store_true", help="do not log the report as an MLflow run")
     a = p.parse_args(argv)
-    if a.name not in SPECS:
-        print(f"error: NAME must be one of {', '.join(SPECS)}; got {a.name!r}", file=sys.stderr)
+    if a.name not in SPECS and a.name != "all":
+        print(f"error: NAME must be one of {', '.join(SPECS)}, all; got {a.name!r}", file=sys.stderr)
         return 2
     import mlflow
     mlflow.set_tracking_uri(a.tracking_uri or mlflow.get_tracking_uri())
-    if mlflow.get_experiment_by_name(f"ablation-{a.name}") is None:
-        print(f"note: no experiment ablation-{a.name} yet; every cell is missing "
-              f"(run: python -m sweeps.run -m +experiment={a.name})", file=sys.stderr)
-        runs = []
-    else:
-        runs = collect(a.name)
-    header, body, comparisons = table(a.name, runs)
-    files = write(a.name, header, body, [agreement(*c) for c in comparisons], runs, Path(a.out) / a.name)
-    print((Path(a.out) / a.name / f"{a.name}.md").read_text())
-    if not a.no_mlflow_run and mlflow.get_experiment_by_name(f"ablation-{a.name}") is not None:
-        exp = mlflow.get_experiment_by_name(f"ablation-{a.name}")
-        with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"report {a.name}", tags={"role": "report"}):
-            for f in files:
-                mlflow.log_artifact(str(f), "report")
+    for name in (SPECS if a.name == "all" else [a.name]):
+        report(name, Path(a.out), log_run=not a.no_mlflow_run)
     return 0
 
 
