@@ -126,6 +126,9 @@ BAD_INPUTS = [
     ("data.name=imagenet", "data.name must be one of digits"),
     ("objective=fid", "objective=fid needs eval.fid=true"),
     ("teacher.updates=0", "teacher.updates must be a positive integer; got 0"),
+    ("eval.pixel_fd_samples=1", "eval.pixel_fd_samples must be 0 (off) or an integer >= 2; got 1"),
+    ("eval.ancestral_gammas=[0.5,2]", "eval.ancestral_gammas must be a non-empty list of numbers in [0, 1]"),
+    ("compile=maybe", "compile must be one of False, True; got 'maybe'"),
     ("tracking.uri=http://127.0.0.1:9", "tracking.uri=http://127.0.0.1:9: the tracking store does not answer"),
 ]
 
