@@ -234,6 +234,8 @@ def write(name: str, header, body, lines: list[str], runs: list[dict], out: Path
                     ax.plot(ts, [r["phases"][s][tm] for s in ts], style, color="grey", alpha=0.7,
                             label="teacher " + ("ancestral" if "ancestral" in tm else "DDIM"))
         ax.set_xscale("log", base=2)
+        if metric == "pixel_fd" and ax.has_data():
+            ax.set_yscale("log")  # spans 0.5 to 50 between the teacher's 1-step and many-step samples
         ax.set_xlabel("sampling steps")
         ax.set_ylabel(metric)
         if ax.get_legend_handles_labels()[0]:
