@@ -70,7 +70,7 @@ class DiffusionModel(nn.Module):
                 z = z.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = net(self.net, z, logsnr)
-            out = out.float().contiguous()
+            out = out.float()  # keeps channels_last: everything after is elementwise
         else:
             out = net(self.net, z, logsnr)
         x = param.x_from_output(self.parameterization, out, z, alpha, sigma)

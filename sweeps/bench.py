@@ -116,8 +116,8 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
     out["floor_ratio"] = 1.0 + 2.0 * out["frozen_forward_s"] / out["train_step_s"]
     with tempfile.TemporaryDirectory() as tmp:
         for method in ("btd", "tract"):
-            cfg = DistillConfig(method=method, schedule=[2 * steps, steps], batch_size=batch, checkpoint_every=0)
-            cfg.compile = compile
+            cfg = DistillConfig(method=method, schedule=[2 * steps, steps], batch_size=batch, checkpoint_every=0,
+                                compile=compile)
             d = Distiller(teacher, data, cfg, Path(tmp), device=device, progress=False)
 
             def distill_step():
