@@ -1,9 +1,11 @@
-"""`DiffusionModel`: a network plus what is needed to read it (parameterisation, schedule).
+"""`DiffusionModel`: a network plus the noise family that reads it.
 
-It is the object users save, load, register and call: `sample(noise, steps)` runs
-deterministic DDIM, on whatever device the model and the noise are on. It carries the
-step counts it was distilled for and how it was made (`info`), so a registered teacher and
-a registered student load and sample the same way.
+It is the object users save, load, register and call: `sample(noise, steps)` runs the model's own
+deterministic sampler (DDIM for VP models and distilled students, Heun by default for EDM teachers)
+from standard normal noise, on whatever device the model and the noise are on. It carries its
+family's config (parameterisation or preconditioning, grid, sampler), the step counts it was
+distilled for and how it was made (`info`), so registered teachers and students of either family
+load and sample the same way.
 """
 import copy
 from typing import Optional
@@ -11,74 +13,73 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import parameterization as param
+from . import families
 from .models import build_network
-from .samplers import ancestral_sample, ddim_sample
-from .schedules import LOGSNR_MAX, LOGSNR_MIN, alpha_sigma_from_logsnr, expand, logsnr_cosine
+from .samplers import run, run_ancestral
 
 
-def plain_call(net: nn.Module, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
-    return net(z, logsnr)
+def plain_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    return net(z, cond)
 
 
 _compiled = None
 
 
-def compiled_call(net: nn.Module, z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
+def compiled_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """One compiled function for every network: with inlined nn.Modules (torch >= 2.5) the modules
     are inputs, not guards, so teacher, student and EMA copies of one architecture share graphs.
     Built on first use, so importing this module stays cheap."""
     global _compiled
     if _compiled is None:
         _compiled = torch.compile(plain_call)
-    return _compiled(net, z, logsnr)
+    return _compiled(net, z, cond)
 
 
 class DiffusionModel(nn.Module):
-    def __init__(self, preset: str, data_shape: tuple, parameterization: str = "v",
-                 logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
-                 network_overrides: Optional[dict] = None, info: Optional[dict] = None):
+    def __init__(self, preset: str, data_shape: tuple, family=None, network_overrides: Optional[dict] = None,
+                 info: Optional[dict] = None):
+        """`family`: a NoiseFamily or its plain config (default: VP with v-prediction)."""
         super().__init__()
-        param.check(parameterization)
-        self.config = dict(preset=preset, data_shape=tuple(data_shape), parameterization=parameterization,
-                           logsnr_min=logsnr_min, logsnr_max=logsnr_max,
+        self.family = families.build(family)
+        self.config = dict(preset=preset, data_shape=tuple(data_shape),
                            network_overrides=dict(network_overrides or {}))
         self.info = dict(info or {})  # method, distilled step counts, dataset ... (plain values)
         self.amp = True  # bf16 autocast of the network on CUDA (no effect on the CPU)
         self.compiled = False  # torch.compile the network call (`use_fast_paths`); a runtime choice, not saved
-        self.net = build_network(preset, data_shape[0], param.output_heads(parameterization),
-                                 **self.config["network_overrides"])
+        self.net = build_network(preset, data_shape[0], self.family.output_heads, **self.config["network_overrides"])
+
+    def __setstate__(self, state):
+        """Models pickled before noise families existed (registered VP models) get their VP family."""
+        super().__setstate__(state)
+        if "family" not in self.__dict__:
+            self.family = families.build(families.legacy_config(self.config))
 
     @property
     def parameterization(self) -> str:
-        return self.config["parameterization"]
+        return self.family.parameterization
 
     @property
     def data_shape(self) -> tuple:
         return self.config["data_shape"]
 
-    def logsnr(self, t: torch.Tensor) -> torch.Tensor:
-        return logsnr_cosine(t, self.config["logsnr_min"], self.config["logsnr_max"])
-
-    def x_hat(self, z: torch.Tensor, t: torch.Tensor, clip: bool = False) -> torch.Tensor:
-        """The model's estimate of the clean data at time t (optionally clipped to [-1, 1])."""
-        logsnr = self.logsnr(t)
-        alpha, sigma = (expand(v, z) for v in alpha_sigma_from_logsnr(logsnr))
-        net = compiled_call if getattr(self, "compiled", False) else plain_call
+    def _net(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        call = compiled_call if getattr(self, "compiled", False) else plain_call
         if z.is_cuda and getattr(self, "amp", True):  # bf16 autocast for the network only, on CUDA
             if z.dim() == 4:  # channels_last: the fast convolution layout under bf16
                 z = z.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = net(self.net, z, logsnr)
-            out = out.float()  # keeps channels_last: everything after is elementwise
-        else:
-            out = net(self.net, z, logsnr)
-        x = param.x_from_output(self.parameterization, out, z, alpha, sigma)
+                out = call(self.net, z, cond)
+            return out.float()  # keeps channels_last: everything after is elementwise
+        return call(self.net, z, cond)
+
+    def x_hat(self, z: torch.Tensor, t: torch.Tensor, clip: bool = False) -> torch.Tensor:
+        """The model's estimate of the clean data at time t (optionally clipped to [-1, 1])."""
+        x = self.family.denoise(self._net, z, t)
         return x.clamp(-1.0, 1.0) if clip else x
 
     def use_fast_paths(self, device, compile: bool = False) -> "DiffusionModel":
         """Move to `device`; on CUDA with images, keep the weights channels_last (the inputs follow
-        in `x_hat`); optionally compile the network call (graphs are built on first use)."""
+        in `_net`); optionally compile the network call (graphs are built on first use)."""
         self.to(device)
         if str(device).startswith("cuda") and len(self.data_shape) == 3:
             self.to(memory_format=torch.channels_last)
@@ -88,15 +89,28 @@ class DiffusionModel(nn.Module):
     def denoiser(self, clip: bool):
         return lambda z, t: self.x_hat(z, t, clip)
 
+    def step(self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip: bool = False) -> torch.Tensor:
+        """One step t -> s of this model's own sampler (how it samples, and how it teaches)."""
+        return self.family.step(self.denoiser(clip), z, t, s)
+
+    def jump(self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip: bool = False) -> torch.Tensor:
+        """One DDIM jump t -> s (a student's step, whatever this model samples with)."""
+        return self.family.ddim_step(self.denoiser(clip), z, t, s)
+
+    def _device(self):
+        return next(self.parameters()).device
+
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, steps: int, clip: bool = True) -> torch.Tensor:
-        """Deterministic `steps`-step DDIM from `noise` (shape (B, *data_shape)) to data."""
+        """Deterministic `steps`-step sampling from `noise` ~ N(0, I) of shape (B, *data_shape)."""
         if tuple(noise.shape[1:]) != self.data_shape:
             raise ValueError(f"noise must have shape (B, {', '.join(map(str, self.data_shape))}); got {tuple(noise.shape)}")
         was_training = self.training
         self.eval()
         try:
-            return ddim_sample(self.denoiser(clip), noise.to(next(self.parameters()).device), steps)
+            noise = noise.to(self._device())
+            return run(lambda z, t, s: self.step(z, t, s, clip), self.family.prior(noise),
+                       self.family.sampling_times(steps, noise.device), self.denoiser(clip))
         finally:
             self.train(was_training)
 
@@ -104,16 +118,23 @@ class DiffusionModel(nn.Module):
     def sample_ancestral(self, noise: torch.Tensor, steps: int, gamma: float = 1.0,
                          generator: Optional[torch.Generator] = None, clip: bool = True) -> torch.Tensor:
         self.eval()
-        return ancestral_sample(self.denoiser(clip), noise, steps, gamma, generator)
+        noise = noise.to(self._device())
+        return run_ancestral(self.family, self.denoiser(clip), self.family.prior(noise),
+                             self.family.sampling_times(steps, noise.device), gamma, generator)
 
     # --- plain-data persistence (loads with torch.load(weights_only=True)) ---
     def to_state(self) -> dict:
-        return {"config": copy.deepcopy(self.config), "info": copy.deepcopy(self.info),
+        return {"config": {**copy.deepcopy(self.config), "family": self.family.config()},
+                "info": copy.deepcopy(self.info),
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> "DiffusionModel":
-        model = cls(**state["config"], info=state.get("info"))
+        config = dict(state["config"])
+        if "family" not in config:  # saved before noise families existed
+            config = {"family": families.legacy_config(config),
+                      **{k: v for k, v in config.items() if k not in ("parameterization", "logsnr_min", "logsnr_max")}}
+        model = cls(**config, info=state.get("info"))
         model.load_state_dict(state["state_dict"])
         return model
 

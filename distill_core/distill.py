@@ -1,11 +1,9 @@
-"""One phase runner for both distillation methods (DESIGN 3.6 and 3.7).
+"""One phase runner for both distillation methods and both noise families (DESIGN 3.6-3.8).
 
-BTD and TRACT differ only in how a batch's target is made and which EMAs exist:
-- BTD: each phase starts a fresh student from the teacher, with a fresh optimizer; the
-  target is k teacher DDIM steps inverted into one student step.
-- TRACT: one student, self-teacher (EMA mu_s) and optimizer live across phases; the target is
-  one teacher step plus a self-teacher jump to the group start.
-In both, the inference EMA (mu_i; 0 = none) is what is evaluated, saved and becomes the next
+The runner knows a method (`distill_core.methods`: how a batch's times are drawn and its target
+made, which EMAs exist, what a phase hand-over does) and the teacher's noise family
+(`distill_core.families`: noising, times, jumps, the loss weight), and asks neither which one it
+has. The inference EMA (mu_i; 0 = none) is what is evaluated, saved and becomes the next
 phase's teacher. The whole state is checkpointed atomically during and after each phase, so a
 killed job resumes where it stopped and ends with the same weights.
 """
@@ -25,15 +23,13 @@ from .checkpoint import load_checked, save_atomic
 from .data import TensorData
 from .diffusion import DiffusionModel
 from .ema import EMA
+from .families import build as build_family
 from .images import save_grid
 from .loop import LoopSettings, run_updates
-from .schedules import alpha_sigma, expand
-from .targets import btd_target, grid_time, sample_btd_times, sample_tract_times, tract_target
+from .methods import build as build_method
 from .weighting import check as check_weighting
-from .weighting import weighted_x_loss
 
 log = logging.getLogger(__name__)
-METHODS = ("tract", "btd")
 
 
 @dataclass
@@ -59,8 +55,7 @@ class DistillConfig:
 
 def validate(cfg: DistillConfig) -> None:
     """One clear ValueError naming the key and what is allowed."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"distill.method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
+    build_method(cfg.method)
     s = list(cfg.schedule)
     if len(s) < 2 or any(not isinstance(n, int) or n < 1 for n in s):
         raise ValueError(f"distill.schedule must list at least two positive integer step counts; got {s}")
@@ -123,8 +118,10 @@ class Distiller:
         self.cfg, self.data, self.device, self.progress = cfg, data, device, progress
         self.callback = callback or Callback()
         self.workdir = Path(workdir)
-        self.clip = cfg.clip_x if cfg.clip_x is not None else cfg.method == "tract"
+        self.method = build_method(cfg.method)
+        self.clip = cfg.clip_x if cfg.clip_x is not None else self.method.clip_default
         self.original_teacher = teacher.use_fast_paths(device, cfg.compile).eval()
+        self.family = teacher.family  # times and noising of every phase: the teacher's grid
         self.eval_noise = eval_noise if eval_noise is not None else \
             torch.randn((64, *teacher.data_shape), generator=torch.Generator().manual_seed(cfg.seed + 1))
         self.eval_noise = self.eval_noise.to(device)
@@ -134,13 +131,14 @@ class Distiller:
         self.phase, self.step, self._global_step = 0, 0, 0
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.student = self._new_student(self.teacher)
-        self.self_teacher = EMA(self.student, cfg.mu_s) if cfg.method == "tract" else None
+        self.self_teacher = EMA(self.student, cfg.mu_s) if self.method.self_teacher else None
         self.ema_i = EMA(self.student, self.mu_i)
         self.optimizer = self._new_optimizer()
         self.results: list[PhaseResult] = []
 
     def _new_student(self, source: DiffusionModel) -> DiffusionModel:
         student = copy.deepcopy(source).train().requires_grad_(True)
+        student.family = source.family.for_student(self.cfg.schedule[0])  # samples with the student's jump
         set_dropout(student, 0.0)
         return student
 
@@ -154,6 +152,7 @@ class Distiller:
     # --- checkpoints ---
     def state(self) -> dict:
         return {"phase": self.phase, "step": self.step, "teacher": self.teacher.state_dict(),
+                "teacher_family": self.teacher.family.config(),  # after phase 1 the teacher is a student
                 "student": self.student.state_dict(), "ema_i": self.ema_i.state_dict(),
                 "self_teacher": self.self_teacher.state_dict() if self.self_teacher else None,
                 "optimizer": self.optimizer.state_dict(), "rng": rng.capture(self.generator),
@@ -171,6 +170,8 @@ class Distiller:
         state = load_checked(path, map_location=self.device)
         self.phase, self.step = state["phase"], state["step"]
         self.teacher.load_state_dict(state["teacher"])
+        if "teacher_family" in state:  # (checkpoints from before noise families hold VP teachers only)
+            self.teacher.family = build_family(state["teacher_family"])
         self.student.load_state_dict(state["student"])
         self.ema_i.load_state_dict(state["ema_i"])
         if self.self_teacher is not None:
@@ -181,30 +182,25 @@ class Distiller:
 
     # --- one batch ---
     def loss(self, teacher_steps: int, student_steps: int) -> torch.Tensor:
-        cfg, g, dev = self.cfg, self.generator, self.device
+        cfg, g, dev, family, base = self.cfg, self.generator, self.device, self.family, self.cfg.schedule[0]
         x = self.data.batch(cfg.batch_size, g).to(dev)
         eps = torch.randn(x.shape, generator=g).to(dev)
-        teacher = self.teacher.denoiser(self.clip)
+        teacher, self_teacher, clip = self.teacher, self.self_teacher, self.clip
+
+        def teacher_step(z, t_from, t_to):  # the teacher's own sampler step (DDIM; Heun/Euler for EDM)
+            return teacher.step(z, t_from, t_to, clip)
+
+        def self_step(z, t_from, t_to):  # the self-teacher's DDIM jump
+            return self_teacher.module.jump(z, t_from, t_to, clip)
+
         with torch.inference_mode():
-            if cfg.method == "btd":
-                k = teacher_steps // student_steps
-                grid = k * student_steps
-                t_index = sample_btd_times(cfg.batch_size, student_steps, k, g).to(dev)
-                t = grid_time(t_index, grid)
-                a, s = (expand(v, x) for v in alpha_sigma(t))
-                z_t = a * x + s * eps
-                target = btd_target(teacher, z_t, t_index, k, grid)
-            else:
-                base = cfg.schedule[0]
-                t_index, prev_index, start_index = (i.to(dev) for i in sample_tract_times(
-                    cfg.batch_size, base, teacher_steps, student_steps, g))
-                t = grid_time(t_index, base)
-                a, s = (expand(v, x) for v in alpha_sigma(t))
-                z_t = a * x + s * eps
-                target = tract_target(teacher, self.self_teacher.module.denoiser(self.clip), z_t,
-                                      t_index, prev_index, start_index, base)
+            draw = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in
+                    self.method.draw(cfg.batch_size, base, teacher_steps, student_steps, g).items()}
+            t = family.time(draw["t"], base)
+            z_t = family.noise(x, t, eps)
+            target = self.method.target(family, teacher_step, self_step if self_teacher else None, z_t, draw, base)
         z_t, target, t = z_t.clone(), target.clone(), t.clone()
-        loss = weighted_x_loss(cfg.weighting, self.student.logsnr(t), self.student.x_hat(z_t, t), target)
+        loss = family.loss(cfg.weighting, t, self.student.x_hat(z_t, t), target)
         if cfg.inject_nan_at is not None and self._global_step == cfg.inject_nan_at:
             loss = loss * float("nan")
         self._global_step += 1
@@ -263,7 +259,7 @@ class Distiller:
         self.results.append(PhaseResult(p, teacher_steps, student_steps, metrics))
         # hand over: the evaluated model becomes the next phase's teacher
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        if self.cfg.method == "btd":
+        if self.method.fresh_student_each_phase:
             self.student = self._new_student(self.teacher)
             self.ema_i = EMA(self.student, self.mu_i)
             self.optimizer = self._new_optimizer()

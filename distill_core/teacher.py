@@ -1,11 +1,12 @@
-"""Teacher training: the continuous-time denoising objective (DESIGN 3.5).
+"""Teacher training: the continuous-time denoising objective (DESIGN 3.5, 3.8).
 
-t ~ U[0, 1], z_t = alpha_t x + sigma_t eps, loss w(lambda_t) ||x_hat(z_t) - x||^2 with the
-configured parameterisation and weighting; Adam with warm-up, gradient clipping and a
+t from the family's training draw (VP: t ~ U[0, 1]; EDM: ln sigma ~ N(p_mean, p_std^2)),
+z_t = alpha_t x + sigma_t eps, loss w(t) ||x_hat(z_t) - x||^2 with the family's parameterisation
+or preconditioning and the configured weighting; Adam with warm-up, gradient clipping and a
 bias-corrected EMA of the weights, which is the teacher that is returned. Deterministic on
 CPU for a given seed; resumable from its checkpoint.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,9 +19,8 @@ from .data import TensorData
 from .diffusion import DiffusionModel
 from .ema import EMA
 from .loop import LoopSettings, run_updates
-from .schedules import alpha_sigma_from_logsnr, expand
+from .families import build as build_family
 from .weighting import check as check_weighting
-from .weighting import weighted_x_loss
 
 
 @dataclass
@@ -39,12 +39,15 @@ class TeacherConfig:
     seed: int = 0
     checkpoint_every: int = 500
     compile: bool = False  # torch.compile the network call: a speed choice, not part of the teacher's identity
+    family: dict = field(default_factory=lambda: {"family": "vp"})  # the noise family (`parameterization` joins it)
+
+    def noise_family(self):
+        return build_family({**self.family, "parameterization": self.parameterization})
 
 
 def denoising_loss(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, weighting: str) -> torch.Tensor:
-    logsnr = model.logsnr(t)
-    alpha, sigma = (expand(v, x) for v in alpha_sigma_from_logsnr(logsnr))
-    return weighted_x_loss(weighting, logsnr, model.x_hat(alpha * x + sigma * eps, t), x)
+    family = model.family
+    return family.loss(weighting, t, model.x_hat(family.noise(x, t, eps), t), x)
 
 
 def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callback] = None,
@@ -54,7 +57,7 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
     callback = callback or Callback()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    model = DiffusionModel(cfg.preset, data.shape, cfg.parameterization,
+    model = DiffusionModel(cfg.preset, data.shape, cfg.noise_family(),
                            network_overrides={"dropout": cfg.dropout},
                            info={"role": "teacher", "method": "teacher", "dataset": data.name,
                                  "teacher_config": asdict(cfg)}).use_fast_paths(device, cfg.compile)
@@ -79,7 +82,7 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
 
     def loss_fn() -> torch.Tensor:
         x = data.batch(cfg.batch_size, generator).to(device)
-        t = torch.rand(cfg.batch_size, generator=generator).to(device)
+        t = model.family.train_times(cfg.batch_size, generator).to(device)
         eps = torch.randn(x.shape, generator=generator).to(device)
         return denoising_loss(model, x, t, eps, cfg.weighting)
 

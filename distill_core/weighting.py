@@ -1,7 +1,12 @@
-"""Loss weightings on the x-space error (DESIGN 3.3), as functions of log-SNR."""
+"""Loss weightings on the x-space error (DESIGN 3.3), as functions of log-SNR.
+
+`edm` is EDM's lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = SNR + 1 / sigma_data^2
+(with SNR = 1 / sigma^2 on the VE path, alpha^2 / sigma^2 on VP): weight 1 on the preconditioned
+network output, as apple/ml-tract's TRACT-VE loss.
+"""
 import torch
 
-WEIGHTINGS = ("snr", "truncated_snr", "snr_plus_one", "constant")
+WEIGHTINGS = ("snr", "truncated_snr", "snr_plus_one", "constant", "edm")
 
 
 def check(kind: str) -> str:
@@ -10,8 +15,9 @@ def check(kind: str) -> str:
     return kind
 
 
-def loss_weight(kind: str, logsnr: torch.Tensor) -> torch.Tensor:
-    """w(lambda): snr = eps-MSE, truncated_snr = max(snr, 1), snr_plus_one = v-MSE, constant = x-MSE."""
+def loss_weight(kind: str, logsnr: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
+    """w(lambda): snr = eps-MSE, truncated_snr = max(snr, 1), snr_plus_one = v-MSE, constant = x-MSE,
+    edm = snr + 1 / sigma_data^2."""
     snr = torch.exp(logsnr)
     if kind == "snr":
         return snr
@@ -21,10 +27,7 @@ def loss_weight(kind: str, logsnr: torch.Tensor) -> torch.Tensor:
         return snr + 1.0
     if kind == "constant":
         return torch.ones_like(snr)
+    if kind == "edm":
+        return snr + 1.0 / sigma_data ** 2
     raise ValueError(check(kind))
 
-
-def weighted_x_loss(kind: str, logsnr: torch.Tensor, x_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Batch mean of w(lambda) * per-example mean squared x-error."""
-    err = (x_hat - target).pow(2).flatten(1).mean(1)
-    return (loss_weight(kind, logsnr) * err).mean()

@@ -4,7 +4,9 @@ Measures in one process: teacher-training, BTD and TRACT step times at the same 
 batch (the ratios' floor is ~5/3: a training step is ~3 forward-equivalents, a distillation
 step adds 2 frozen forwards), the DDIM sampler's overhead over bare forwards, evaluation and
 sampling throughput, the step time with MLflow logging on vs off, the start-up time of
-`python -m sweeps.run --help`, and peak memory. `--json` prints one JSON object last.
+`python -m sweeps.run --help`, and peak memory. `--diffusion edm` measures the EDM family (EDM
+teacher training; TRACT-VE and BTD-VE, whose Heun teacher step costs two frozen forwards).
+`--json` prints one JSON object last.
 """
 import argparse
 import json
@@ -20,6 +22,7 @@ import torch
 from distill_core import data as core_data
 from distill_core.callbacks import Callback
 from distill_core.diffusion import DiffusionModel
+from distill_core.families import build as build_family
 from distill_core.distill import DistillConfig, Distiller
 from distill_core.loop import LoopSettings, run_updates
 from distill_core.teacher import denoising_loss
@@ -71,8 +74,12 @@ def step_flops(model, x, t) -> float:
     return float(counter.get_total_flops())
 
 
+FAMILY = {"vp": ({"family": "vp", "parameterization": "v"}, "snr_plus_one", "truncated_snr"),
+          "edm": ({"family": "edm"}, "edm", "edm")}  # (family, teacher weighting, distillation weighting)
+
+
 def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_mlflow=False, data_root=None,
-          compile=False):
+          compile=False, diffusion="vp"):
     torch.manual_seed(0)
     name = DATA_FOR[preset]
     try:
@@ -81,43 +88,47 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
         data = None
     shape = data.shape if data else {"unet_small": (1, 28, 28), "unet_cifar10": (3, 32, 32)}[preset]
     data = (data or synthetic_data(name, shape)).to(device)  # resident, as the jobs keep it
-    teacher = DiffusionModel(preset, shape, "v").use_fast_paths(device, compile)
-    student = DiffusionModel(preset, shape, "v").use_fast_paths(device, compile)
+    family, teacher_weighting, distill_weighting = FAMILY[diffusion]
+    family = build_family(family)
+    teacher = DiffusionModel(preset, shape, family).use_fast_paths(device, compile)
+    student = DiffusionModel(preset, shape, family).use_fast_paths(device, compile)
     opt = torch.optim.Adam(student.parameters(), lr=1e-4, fused=device == "cuda")
     g = torch.Generator().manual_seed(0)
     out = {"device": device if device == "cpu" else torch.cuda.get_device_name(), "preset": preset, "batch": batch,
-           "compile": compile, "params": sum(p.numel() for p in student.parameters())}
+           "diffusion": diffusion, "compile": compile, "params": sum(p.numel() for p in student.parameters())}
 
     def train_step():
         x = data.batch(batch, g).to(device)
-        loss = denoising_loss(student, x, torch.rand(batch, generator=g).to(device),
-                              torch.randn(x.shape, generator=g).to(device), "snr_plus_one")
+        loss = denoising_loss(student, x, family.train_times(batch, g).to(device),
+                              torch.randn(x.shape, generator=g).to(device), teacher_weighting)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     out["train_step_s"] = per_call(train_step, reps, device)
     out["train_images_per_s"] = batch / out["train_step_s"]
-    flops = step_flops(DiffusionModel(preset, shape, "v").use_fast_paths(device), data.batch(batch, g),
-                       torch.rand(batch, generator=g).to(device))
+    flops = step_flops(DiffusionModel(preset, shape, family).use_fast_paths(device), data.batch(batch, g),
+                       family.train_times(batch, g).to(device))
     out["train_tflops_per_s"] = flops / out["train_step_s"] / 1e12
     peak = peak_tflops(out["device"]) if device == "cuda" else None
     if peak:
         out["mfu"] = out["train_tflops_per_s"] / peak  # of the dense bf16 peak
     frozen = teacher.eval().requires_grad_(False)
-    x_fixed, t_fixed = data.batch(batch, g).to(device), torch.rand(batch, generator=g).to(device)
+    x_fixed, t_fixed = data.batch(batch, g).to(device), family.train_times(batch, g).to(device)
 
     def frozen_forward():
         with torch.inference_mode():
             frozen.x_hat(x_fixed, t_fixed)
 
     out["frozen_forward_s"] = per_call(frozen_forward, reps, device)
-    # what the ratios cannot beat on this device: the student's step plus two frozen forwards
-    out["floor_ratio"] = 1.0 + 2.0 * out["frozen_forward_s"] / out["train_step_s"]
+    # what the ratios cannot beat on this device: the student's step plus the frozen forwards of a
+    # target (a DDIM teacher step and the self-teacher's jump: 2; a Heun teacher step costs one more)
+    frozen = 3 if diffusion == "edm" else 2
+    out["floor_ratio"] = 1.0 + frozen * out["frozen_forward_s"] / out["train_step_s"]
     with tempfile.TemporaryDirectory() as tmp:
         for method in ("btd", "tract"):
             cfg = DistillConfig(method=method, schedule=[2 * steps, steps], batch_size=batch, checkpoint_every=0,
-                                compile=compile)
+                                compile=compile, weighting=distill_weighting)
             d = Distiller(teacher, data, cfg, Path(tmp), device=device, progress=False)
 
             def distill_step():
@@ -135,17 +146,18 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
     noise = torch.randn((batch, *shape), device=device)
     teacher.eval()
     t_sample = per_call(lambda: teacher.sample(noise, steps), max(2, reps // 4), device, warmup=1)
-    grid = torch.full((batch,), 0.5, device=device)
+    grid = torch.zeros(batch, device=device)  # the network's noise-level input (its value costs nothing)
+    calls = 2 * steps - 1 if getattr(teacher.family, "sampler", "ddim") == "heun" else steps
 
     def bare():
         with torch.no_grad():
-            for _ in range(steps):
-                teacher.net(noise, teacher.logsnr(grid))
+            for _ in range(calls):
+                teacher.net(noise, grid)
 
     t_bare = per_call(bare, max(2, reps // 4), device, warmup=1)
     out["sampler_overhead"] = t_sample / t_bare - 1.0
     out["sampling_images_per_s_1step"] = batch / per_call(lambda: teacher.sample(noise, 1), reps, device)
-    out["tracking_overhead"] = tracking_overhead(student, data, batch, device, g, reps)
+    out["tracking_overhead"] = tracking_overhead(student, data, batch, device, g, reps, teacher_weighting)
     out["eval_images_per_s"] = inception_throughput(device)
     out["startup_s"] = startup_time()
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -154,12 +166,13 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
     if log_mlflow:
         import mlflow
         with mlflow.start_run(run_name=f"bench {preset} b{batch} {device}", tags={"role": "bench"}):
-            mlflow.log_params({"preset": preset, "batch": batch, "device": out["device"], "reps": reps})
+            mlflow.log_params({"preset": preset, "batch": batch, "device": out["device"], "reps": reps,
+                               "diffusion": diffusion})
             mlflow.log_metrics({k: float(v) for k, v in out.items() if isinstance(v, (int, float))})
     return out
 
 
-def tracking_overhead(model, data, batch, device, g, reps) -> float:
+def tracking_overhead(model, data, batch, device, g, reps, weighting="snr_plus_one") -> float:
     """Step time through the real loop with MLflow (async, throttled) vs a callback that does nothing."""
     import mlflow
 
@@ -168,8 +181,8 @@ def tracking_overhead(model, data, batch, device, g, reps) -> float:
 
     def loss_fn():
         x = data.batch(batch, g).to(device)
-        return denoising_loss(model, x, torch.rand(batch, generator=g).to(device),
-                              torch.randn(x.shape, generator=g).to(device), "snr_plus_one")
+        return denoising_loss(model, x, model.family.train_times(batch, g).to(device),
+                              torch.randn(x.shape, generator=g).to(device), weighting)
 
     updates = max(100, 5 * reps)
     settings = LoopSettings(updates=updates, lr=1e-4, log_every=25, progress=False)  # the jobs' default
@@ -218,11 +231,12 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None)
     p.add_argument("--mlflow", action="store_true", help="also log the figures as an MLflow run (MLFLOW_TRACKING_URI)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network calls (as compile=true)")
+    p.add_argument("--diffusion", default="vp", choices=sorted(FAMILY), help="the noise family (as diffusion=...)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if a.batch < 1 or a.reps < 1:
         p.error("--batch and --reps must be positive")
-    out = bench(a.preset, a.batch, a.reps, a.device, a.steps, a.mlflow, a.data_root, a.compile)
+    out = bench(a.preset, a.batch, a.reps, a.device, a.steps, a.mlflow, a.data_root, a.compile, a.diffusion)
     width = max(map(len, out))
     for k, v in out.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")

@@ -8,7 +8,7 @@ from dataclasses import fields
 from omegaconf import DictConfig, OmegaConf
 
 from distill_core import data as core_data
-from distill_core import parameterization as core_param
+from distill_core import families as core_families
 from distill_core import weighting as core_weighting
 from distill_core.distill import DistillConfig, validate
 from distill_core.models import PRESETS
@@ -42,11 +42,23 @@ def distill_config(cfg: DictConfig) -> DistillConfig:
     return dc
 
 
+def family_config(cfg: DictConfig) -> dict:
+    """The noise family of the job's teacher, as the core's plain config: `diffusion.*` with
+    `teacher_sampler` as the teacher's sampler (the distilled students sample with their own jump)."""
+    d = dict(_plain(cfg.diffusion))
+    spec = {"family": d.pop("family", "vp"), "sampler": d.pop("teacher_sampler", "ddim"), **d}
+    try:
+        core_families.build({**spec, "parameterization": cfg.distill.parameterization})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return spec
+
+
 def teacher_config(cfg: DictConfig) -> TeacherConfig:
     t = _plain(cfg.teacher)
     known = {f.name for f in fields(TeacherConfig)}
     tc = TeacherConfig(**{k: v for k, v in t.items() if k in known}, preset=cfg.model.preset,
-                       dropout=cfg.model.dropout, seed=cfg.seed, compile=cfg.compile)
+                       dropout=cfg.model.dropout, seed=cfg.seed, compile=cfg.compile, family=family_config(cfg))
     for key in ("updates", "batch_size"):
         if not isinstance(getattr(tc, key), int) or getattr(tc, key) < 1:
             raise ConfigError(f"teacher.{key} must be a positive integer; got {getattr(tc, key)!r}")
@@ -65,9 +77,9 @@ def check(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
 
     one_of("data.name", cfg.data.name, core_data.DATASETS)
     one_of("model.preset", cfg.model.preset, tuple(PRESETS))
-    one_of("distill.parameterization", cfg.distill.parameterization, core_param.PARAMETERIZATIONS)
+    one_of("diffusion.family", cfg.diffusion.family, tuple(core_families.FAMILIES))
+    family_config(cfg)  # the family checks its keys and the parameterisations it can read
     one_of("distill.weighting", cfg.distill.weighting, core_weighting.WEIGHTINGS)
-    one_of("teacher.parameterization", cfg.teacher.parameterization, core_param.PARAMETERIZATIONS)
     one_of("teacher.weighting", cfg.teacher.weighting, core_weighting.WEIGHTINGS)
     one_of("objective", cfg.objective, OBJECTIVES)
     one_of("device", cfg.device, ("auto", "cpu", "cuda"))

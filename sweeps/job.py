@@ -63,7 +63,7 @@ def run_job(cfg: DictConfig) -> float:
     from distill_core.loop import DivergenceError
 
     from . import registry, tracking
-    from .teachers import TeacherError, get_teacher, resolve_uri
+    from .teachers import TeacherError, family_of, get_teacher, resolve_uri
 
     try:
         data = core_data.load(cfg.data.name, cfg.data.split, cfg.data.root, seed=cfg.seed)
@@ -75,16 +75,21 @@ def run_job(cfg: DictConfig) -> float:
         fail(f"tracking.uri={cfg.tracking.uri}: the tracking store does not answer ({type(e).__name__}: {str(e)[:200]})")
     if str(cfg.teacher.source).startswith("models:/"):
         try:
-            resolve_uri(str(cfg.teacher.source))  # a missing teacher fails here, before any run exists
+            source = resolve_uri(str(cfg.teacher.source))  # a missing teacher fails here, before any run exists
         except TeacherError as e:
             fail(str(e))
+        if family_of(source) != cfg.diffusion.family:
+            fail(f"teacher.source: {cfg.teacher.source} is a {family_of(source)} teacher; it cannot teach with "
+                 f"diffusion={cfg.diffusion.family} (use diffusion={family_of(source)}, or a "
+                 f"{cfg.diffusion.family} teacher)")
 
     out = output_dir()
     out.mkdir(parents=True, exist_ok=True)
     from .optuna_link import current_trial
     job = JobRecord(Path(cfg.cache_dir) / "jobs" / job_key(cfg), out)
     resume_id = job.resumable_run(mlflow)
-    tags = {"method": dc.method, "git_commit": tracking.git_commit(), "overrides": " ".join(hydra_overrides()),
+    tags = {"method": dc.method, "family": tc.family["family"], "git_commit": tracking.git_commit(),
+            "overrides": " ".join(hydra_overrides()),
             "sweep_id": os.environ.get(tracking.SWEEP_ENV, ""), "output_dir": str(out), "job_dir": str(job.dir),
             **current_trial(cfg)}
     tags = {k: str(v) for k, v in tags.items()}  # the REST store accepts only string tag values
@@ -95,7 +100,8 @@ def run_job(cfg: DictConfig) -> float:
     else:
         job.reset()
         run_ctx = mlflow.start_run(experiment_id=exp_id, parent_run_id=parent, nested=mlflow.active_run() is not None,
-                                   run_name=f"{dc.method} {'-'.join(map(str, dc.schedule))}", tags=tags)
+                                   run_name=f"{dc.method} {tc.family['family']} {'-'.join(map(str, dc.schedule))}",
+                                   tags=tags)
     with run_ctx as run:
         run_id = run.info.run_id
         job.update(run_id=run_id, status="RUNNING")
@@ -113,6 +119,9 @@ def run_job(cfg: DictConfig) -> float:
             teacher, teacher_version = get_teacher(cfg, tc, train_data, data_cfg, device, run_id)
             job.update(teacher_version=teacher_version)
             mlflow.set_tag("teacher_version", teacher_version)
+        if teacher.info.get("role") != "student":  # a distilled student teaches with its own jump
+            # the sampler is this job's choice, not the teacher's (a reused teacher keeps its training)
+            teacher.family = teacher.family.replace(sampler=tc.family["sampler"])
 
         from .evaluation import phase_metrics
         callback = tracking.MlflowCallback(run_id, synchronous=not cfg.tracking.async_logging,
@@ -138,7 +147,8 @@ def run_job(cfg: DictConfig) -> float:
         if version is None:
             version = registry.log_and_register(
                 student, "student", cfg.registry.name,
-                {"method": dc.method, "steps": last.steps, "schedule": dc.schedule, "teacher_version": teacher_version,
+                {"method": dc.method, "family": tc.family["family"], "steps": last.steps, "schedule": dc.schedule,
+                 "teacher_version": teacher_version,
                  "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id)
             job.update(registered_version=version)
         log.info("registered %s version %s (%s, %d steps): %s", cfg.registry.name, version, dc.method, last.steps,

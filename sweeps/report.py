@@ -7,6 +7,7 @@ our ordering of the cells agrees with the paper's (Kendall's tau). Writes Markdo
 `reports/NAME/`, and logs them as an MLflow run (tag role=report) so the UI shows the report.
 """
 import argparse
+import ast
 import csv
 import math
 import sys
@@ -22,7 +23,7 @@ PD_TABLE1 = {("both", "snr"): (2.54, 2.78), ("both", "truncated_snr"): (2.47, 2.
 
 
 def n_phases(params) -> str:
-    return f"{len(eval(params['distill.schedule'])) - 1} phase(s)"  # schedule params are list reprs
+    return f"{len(ast.literal_eval(params['distill.schedule'])) - 1} phase(s)"  # list reprs: literals only, no code
 
 
 # layout: "runs" (a row per swept value, final-phase metrics), "steps" (a row per step count, over
@@ -50,6 +51,13 @@ SPECS = {
                                key=lambda p: (p["distill.parameterization"], p["distill.weighting"]),
                                paper=PD_TABLE1,
                                note="PD Table 1, undistilled teacher, FID stochastic / DDIM sampler"),
+    "tract_teacher_family": dict(axes=["diffusion.family"], key=lambda p: p["diffusion.family"],
+                                 paper={"vp": 5.02, "edm": 3.78},
+                                 extra=[("teacher gap at the student's steps", "teacher_gap"),
+                                        ("teacher pixel FD at its base steps", "teacher_pixel_fd_base")],
+                                 note="TRACT 1-step FID, CIFAR-10: VP/DDIM teacher 5.02 at 96M samples (Table 1, "
+                                      "unverified), EDM/Heun teacher 3.78 at 256M (its EDM tables); gaps are to each "
+                                      "family's own teacher, so compare pixel FD (or FID) across rows"),
     "pd_fid_vs_steps": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]),
                             paper={1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57},
                             note="PD Table 2, distilled students' FID (the DDIM / stochastic curves of Fig. 4 "
@@ -93,7 +101,9 @@ def collect(name: str) -> list[dict]:
                    for m in PHASE_METRICS + ("phase_steps",) if m in r.data.metrics}
         steps = history.pop("phase_steps", {})
         phases = {int(steps[i]): {m: h[i] for m, h in history.items() if i in h} for i in sorted(steps)}
-        out.append({"key": key, "final": dict(r.data.metrics), "phases": phases})
+        out.append({"key": key, "final": dict(r.data.metrics), "phases": phases,
+                    "teacher": r.data.tags.get("teacher_version"),
+                    "sampler": r.data.params.get("diffusion.teacher_sampler", "ddim")})
     return out
 
 
@@ -152,12 +162,15 @@ def table(name: str, runs: list[dict]):
         return header, body, [("teacher, ancestral vs stochastic", ours.get(0, {}), theirs.get(0, {})),
                               ("teacher, DDIM", ours.get(1, {}), theirs.get(1, {}))]
     else:
-        rows = group(runs, METRICS)
-        header = [" x ".join(spec["axes"]), "runs", "gap (ours)", "pixel FD (ours)", "FID (ours)", "KID (ours)", "paper"]
+        extra = spec.get("extra", [])  # (column title, metric) beside the standard columns
+        rows = group(runs, METRICS + tuple(m for _, m in extra))
+        header = [" x ".join(spec["axes"]), "runs", "gap (ours)", "pixel FD (ours)", "FID (ours)", "KID (ours)",
+                  *(title for title, _ in extra), "paper"]
         for k in sorted_keys(list(rows) + list(paper)):
             c = rows.get(k, {})
             body.append([label(k), str(c.get("runs", 0)), fmt(c.get("gap")), fmt(c.get("pixel_fd")), fmt(c.get("fid")),
-                         fmt(c.get("kid")), fmt(paper.get(k, "plot only" if not paper else None))])
+                         fmt(c.get("kid")), *(fmt(c.get(m)) for _, m in extra),
+                         fmt(paper.get(k, "plot only" if not paper else None))])
             ours[k] = next((c[m] for m in ("fid", "pixel_fd", "gap") if c.get(m) is not None), None)
     return header, body, [("FID, else pixel FD, else gap", ours, dict(paper))]
 
@@ -220,6 +233,7 @@ def write(name: str, header, body, lines: list[str], runs: list[dict], out: Path
     fig.savefig(out / f"{name}_metric.png", dpi=100)
     plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    several = len({r.get("teacher") for r in runs}) > 1  # each run's own teacher (e.g. one per noise family)
     for ax, metric in zip(axes, ("gap", "pixel_fd")):
         teacher_drawn = set()
         for r in sorted(runs, key=lambda r: str(r["key"])):
@@ -229,10 +243,12 @@ def write(name: str, header, body, lines: list[str], runs: list[dict], out: Path
             ax.plot(steps, [r["phases"][s][metric] for s in steps], "o-", label=f"student {r['key']}")
             for tm, style in ((f"teacher_{metric}", "x--"), (f"teacher_{metric}_ancestral", "s:")):
                 ts = [s for s in steps if tm in r["phases"][s]]
-                if ts and tm not in teacher_drawn:
-                    teacher_drawn.add(tm)
-                    ax.plot(ts, [r["phases"][s][tm] for s in ts], style, color="grey", alpha=0.7,
-                            label="teacher " + ("ancestral" if "ancestral" in tm else "DDIM"))
+                if ts and (tm, r.get("teacher")) not in teacher_drawn:
+                    teacher_drawn.add((tm, r.get("teacher")))
+                    kind = "ancestral" if "ancestral" in tm else {"ddim": "DDIM"}.get(r.get("sampler"), r.get("sampler"))
+                    ax.plot(ts, [r["phases"][s][tm] for s in ts], style, alpha=0.7,
+                            color=ax.lines[-1].get_color() if several else "grey",
+                            label=f"teacher {kind}" + (f" ({r['key']})" if several else ""))
         ax.set_xscale("log", base=2)
         if metric == "pixel_fd" and ax.has_data():
             ax.set_yscale("log")  # spans 0.5 to 50 between the teacher's 1-step and many-step samples

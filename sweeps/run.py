@@ -3,7 +3,9 @@
 Thin on purpose: heavy libraries (torch, MLflow) are imported inside the job so that
 `--help` and config errors answer fast. Returns the objective for the Optuna sweeper.
 """
+import sys
 import warnings
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -11,6 +13,24 @@ from omegaconf import DictConfig
 # Hydra 1.4 warns on every config-instantiated callback (our own MlflowSweepCallback) until
 # call sites pass an execution whitelist, which Hydra's own callback loader does not yet do.
 warnings.filterwarnings("ignore", message=r"(?s).*_execution_whitelist_")
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def unknown_group_option(argv: list[str]):
+    """`diffusion=foo` (a config group option that does not exist) as one line, before Hydra's
+    multi-line error with exit code 1: the project's bad-input rule is exit 2 and one line."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key.startswith("hydra") or "/" in key or not (CONF / key).is_dir():
+            continue
+        if any(c in value for c in "()[]{}$*?"):  # sweep functions, globs, interpolations: Hydra's to judge
+            continue
+        options = sorted(p.stem for p in (CONF / key).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in options and choice != "null":
+                return f"{key} must be one of {', '.join(options)}; got {choice!r}"
+    return None
 
 
 @hydra.main(config_path="../conf", config_name="config")
@@ -20,4 +40,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    problem = unknown_group_option(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

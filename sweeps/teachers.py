@@ -30,8 +30,19 @@ class TeacherError(RuntimeError):
 
 
 def teacher_key(tc: TeacherConfig, data_cfg: dict) -> str:
-    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile")}, "data": data_cfg}
+    """The noise family is part of the key, except the sampler (a sampling choice, applied at load).
+    VP keys are those from before families existed, so stores keep reusing their VP teachers."""
+    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile", "family")},
+            "data": data_cfg}
+    family = {k: v for k, v in tc.family.items() if k != "sampler"}
+    if family != {"family": "vp"}:
+        spec["diffusion"] = family
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def family_of(version) -> str:
+    """A registered version's noise family (versions registered before families existed are VP)."""
+    return version.tags.get("family", "vp")
 
 
 @contextmanager
@@ -87,13 +98,15 @@ def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, device: str, run_i
         active = mlflow.active_run()
         with mlflow.start_run(run_name=f"teacher {key}", nested=True, tags={"role": "teacher", "teacher_key": key},
                               experiment_id=active.info.experiment_id if active else None) as run:
-            mlflow.log_params({f"teacher.{k}": v for k, v in asdict(tc).items()})
+            mlflow.log_params({f"teacher.{k}": v for k, v in asdict(tc).items() if k != "family"})
+            mlflow.log_params({f"diffusion.{k}": v for k, v in tc.family.items()})
             mlflow.log_params({f"data.{k}": v for k, v in data_cfg.items()})
             teacher = train_teacher(data, tc, callback=MlflowCallback(run.info.run_id),
                                     checkpoint_path=cache / "teachers" / key / "train_state.pt", device=device)
             teacher.info["teacher_key"] = key
             version = registry.log_and_register(teacher, "teacher", name, {"teacher_key": key, "role": "teacher",
                                                 "dataset": data.name, "preset": tc.preset,
-                                                "parameterization": tc.parameterization}, run.info.run_id)
+                                                "parameterization": tc.parameterization,
+                                                "family": tc.family["family"]}, run.info.run_id)
             mlflow.flush_async_logging()
         return teacher, f"{name}/{version}"

@@ -12,7 +12,7 @@ from distill_core.diffusion import DiffusionModel
 
 
 def test_model_round_trip_and_sampling_is_deterministic(tmp_path):
-    model = DiffusionModel("unet_tiny", (1, 8, 8), "both", info={"method": "tract", "distilled_steps": [16, 1]})
+    model = DiffusionModel("unet_tiny", (1, 8, 8), {"family": "vp", "parameterization": "both"}, info={"method": "tract", "distilled_steps": [16, 1]})
     model.save(tmp_path / "m.pt")
     loaded = DiffusionModel.load(tmp_path / "m.pt")
     noise = torch.randn(4, 1, 8, 8)

@@ -1,58 +1,83 @@
-"""Distillation targets against their closed forms (DESIGN 3.6, 3.7) and schedule validation."""
+"""Distillation targets against their closed forms (DESIGN 3.6-3.8), for both noise families,
+and schedule validation."""
 import pytest
 import torch
 
 from conftest import random_denoiser
 from distill_core.distill import DistillConfig, validate
-from distill_core.samplers import ddim_step, ddim_step_from_x
-from distill_core.targets import (btd_target, grid_time, sample_btd_times, sample_tract_times, tract_groups,
-                                  tract_target)
-
+from distill_core.families import EDM, VP
+from distill_core.methods.btd import btd_draw, btd_target
+from distill_core.methods.tract import tract_draw, tract_groups, tract_target
 
 pytestmark = pytest.mark.usefixtures("float64")
 
+# (family, the teacher's own step): VP teaches with DDIM; an EDM teacher with Heun (and Euler)
+FAMILIES = {"vp": VP(), "edm-heun": EDM(sampler="heun"), "edm-euler": EDM(sampler="euler")}
 
+
+def scaled_denoiser(family, seed):
+    """A smooth nonlinear stand-in for a network, fed a unit-scale input whatever the family."""
+    f = random_denoiser((1, 4, 4), seed)
+    return lambda z, t: f(z / (1 + family.alpha_sigma(t)[1].reshape(-1, 1, 1, 1) ** 2).sqrt(), t / (1 + t))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("k", [2, 4])
-def test_btd_target_lands_on_the_teachers_k_steps(k):
-    teacher = random_denoiser((1, 4, 4))
-    n = 8
-    grid = k * n
-    idx = torch.randint(1, n + 1, (32,)) * k  # includes the last student step (t'' = 0)
-    idx[0] = k
-    z = torch.randn(32, 1, 4, 4)
-    target = btd_target(teacher, z, idx, k, grid)
+def test_btd_target_lands_on_the_teachers_k_steps(name, k):
+    family = FAMILIES[name]
+    teacher = scaled_denoiser(family, 0)
+
+    def teacher_step(z, t, s):
+        return family.step(teacher, z, t, s)
+
+    n, unit = 8, 2
+    base = k * n * unit  # the teacher's kN steps are a sub-grid of the base grid
+    idx = torch.randint(1, n + 1, (32,)) * k * unit  # includes the last student step (t'' = 0)
+    idx[0] = k * unit
+    z = family.noise(torch.randn(32, 1, 4, 4).clamp(-1, 1), family.time(idx, base), torch.randn(32, 1, 4, 4))
+    target = btd_target(family, teacher_step, z, idx, k, unit, base)
     # the teacher's k small steps
     z_teacher, i = z, idx
     for _ in range(k):
-        z_teacher = ddim_step(teacher, z_teacher, grid_time(i, grid), grid_time(i - 1, grid))
-        i = i - 1
-    student_step = ddim_step_from_x(target, z, grid_time(idx, grid), grid_time(idx - k, grid))
-    assert torch.allclose(student_step, z_teacher, atol=1e-9)
-    # at the last step x_tilde is the teacher's x_hat at the mid-point, as in the reference code
+        z_teacher = teacher_step(z_teacher, family.time(i, base), family.time(i - unit, base))
+        i = i - unit
+    student_step = family.jump(target, z, family.time(idx, base), family.time(idx - k * unit, base))
+    assert torch.allclose(student_step, z_teacher, atol=1e-9 * (1 + z.abs().max()))
+    # at the last step x_tilde is where the teacher's last step lands: its x_hat at the mid-point
     assert torch.allclose(target[0], z_teacher[0], atol=1e-12)
 
 
-def test_tract_target_lands_on_the_group_start():
-    teacher, self_teacher = random_denoiser((1, 4, 4), 0), random_denoiser((1, 4, 4), 1)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tract_target_lands_on_the_group_start(name):
+    family = FAMILIES[name]
+    teacher, self_teacher = scaled_denoiser(family, 0), scaled_denoiser(family, 1)
     base, t_steps, s_steps = 64, 16, 4
     g = torch.Generator().manual_seed(0)
-    t, prev, start = sample_tract_times(256, base, t_steps, s_steps, g)
-    x = torch.randn(256, 1, 4, 4)
-    target = tract_target(teacher, self_teacher, x, t, prev, start, base)
-    x_prev = ddim_step(teacher, x, grid_time(t, base), grid_time(prev, base))
-    x_start = ddim_step(self_teacher, x_prev, grid_time(prev, base), grid_time(start, base))
+    t, prev, start = tract_draw(256, base, t_steps, s_steps, g)
+    x = family.noise(torch.randn(256, 1, 4, 4).clamp(-1, 1), family.time(t, base), torch.randn(256, 1, 4, 4))
+
+    def teacher_step(z, tt, ss):
+        return family.step(teacher, z, tt, ss)
+
+    def self_step(z, tt, ss):
+        return family.ddim_step(self_teacher, z, tt, ss)
+
+    target = tract_target(family, teacher_step, self_step, x, t, prev, start, base)
+    x_prev = teacher_step(x, family.time(t, base), family.time(prev, base))
+    x_start = self_step(x_prev, family.time(prev, base), family.time(start, base))
     last = prev == start
     x_start[last] = x_prev[last]
-    student = ddim_step_from_x(target, x, grid_time(t, base), grid_time(start, base))
-    assert torch.allclose(student, x_start, atol=1e-8)
-    # where t - 1 is the group start the target is the teacher's own x_hat
+    student = family.jump(target, x, family.time(t, base), family.time(start, base))
+    assert torch.allclose(student, x_start, atol=1e-9 * (1 + x.abs().max()))
     assert last.any() and (~last).any()
-    assert torch.allclose(target[last], teacher(x, grid_time(t, base))[last], atol=1e-8)
+    # where t - 1 is the group start and the teacher's step is DDIM, the target is the teacher's own x_hat
+    if name == "vp":
+        assert torch.allclose(target[last], teacher(x, family.time(t, base))[last], atol=1e-8)
 
 
 def test_tract_times_are_on_the_teacher_grid_inside_their_group():
     base, t_steps, s_steps = 1024, 32, 4
-    t, prev, start = sample_tract_times(4096, base, t_steps, s_steps, torch.Generator().manual_seed(1))
+    t, prev, start = tract_draw(4096, base, t_steps, s_steps, torch.Generator().manual_seed(1))
     semi, step = base // t_steps, base // s_steps
     assert ((t % semi) == 0).all() and ((start % step) == 0).all()
     assert (prev == t - semi).all() and (start <= prev).all() and (t <= start + step).all()
@@ -61,8 +86,8 @@ def test_tract_times_are_on_the_teacher_grid_inside_their_group():
 
 
 def test_btd_times_are_the_student_grid():
-    idx = sample_btd_times(4096, 8, 2, torch.Generator().manual_seed(0))
-    assert set(idx.tolist()) == {2 * i for i in range(1, 9)}
+    idx = btd_draw(4096, 8, 2, 4, torch.Generator().manual_seed(0))
+    assert set(idx.tolist()) == {8 * i for i in range(1, 9)}
 
 
 @pytest.mark.parametrize("teacher_steps,student_steps", [(1024, 32), (32, 1), (8, 4), (6, 3)])

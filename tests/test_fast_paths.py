@@ -13,7 +13,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 def test_compiled_network_gives_the_eager_values_and_the_same_checkpoint_keys():
     torch.manual_seed(0)
-    model = DiffusionModel("mlp", (2,), "v")
+    model = DiffusionModel("mlp", (2,))
     z, t = torch.randn(64, 2), torch.rand(64)
     eager = model.x_hat(z, t)
     keys = list(model.state_dict())
@@ -40,7 +40,7 @@ def test_resident_data_draws_the_same_batches_on_the_gpu():
 @cuda
 def test_bf16_channels_last_forward_matches_fp32_and_a_distillation_step_runs(tmp_path):
     torch.manual_seed(0)
-    model = DiffusionModel("unet_tiny", (1, 8, 8), "v")
+    model = DiffusionModel("unet_tiny", (1, 8, 8))
     z, t = torch.randn(16, 1, 8, 8), torch.rand(16)
     reference = model.x_hat(z, t)
     model.use_fast_paths("cuda")

@@ -64,7 +64,7 @@ def test_reference_statistics_are_cached_per_sample_count(digits, weights, tmp_p
 def test_a_model_is_evaluated_as_a_generator_without_image_files(digits, weights, tmp_path):
     from distill_core.diffusion import DiffusionModel
     train, _ = digits
-    model = DiffusionModel("unet_tiny", (1, 8, 8), "v")
+    model = DiffusionModel("unet_tiny", (1, 8, 8))
     out = evaluator(train, tmp_path, 16, weights)(model, 2)
     assert {"fid", "kid", "kid_std", "fid_num_samples"} <= set(out) and out["fid"] > 0
     assert not list(tmp_path.glob("**/*.png"))

@@ -7,8 +7,8 @@ import torch
 from distill_core import parameterization as P
 from distill_core import weighting as W
 from distill_core.ema import EMA
-from distill_core.samplers import (ancestral_sample, ddim_sample, ddim_step_from_x, ddim_ve_step_from_x, euler_step,
-                                   heun_step)
+from distill_core.families import VP
+from distill_core.samplers import run, run_ancestral
 from distill_core.schedules import alpha_sigma, edm_sigmas, expand, logsnr_cosine
 
 
@@ -60,15 +60,21 @@ def test_weightings_equal_eps_and_v_losses():
     a, s = (expand(v, x) for v in alpha_sigma(t))
     z = a * x + s * eps
     eps_hat = P.eps_from_x(z, x_hat, a, s)
+    vp = VP()
+    assert torch.equal(vp.logsnr(t), lam)
     eps_mse = (eps_hat - eps).pow(2).flatten(1).mean(1).mean()
-    assert W.weighted_x_loss("snr", lam, x_hat, x).item() == pytest.approx(eps_mse.item(), rel=1e-9)
+    assert vp.loss("snr", t, x_hat, x).item() == pytest.approx(eps_mse.item(), rel=1e-9)
     v, v_hat = a * eps - s * x, a * eps_hat - s * x_hat
     v_mse = (v_hat - v).pow(2).flatten(1).mean(1).mean()
-    assert W.weighted_x_loss("snr_plus_one", lam, x_hat, x).item() == pytest.approx(v_mse.item(), rel=1e-9)
+    assert vp.loss("snr_plus_one", t, x_hat, x).item() == pytest.approx(v_mse.item(), rel=1e-9)
     x_mse = (x_hat - x).pow(2).flatten(1).mean(1)
     trunc = torch.maximum(x_mse, (eps_hat - eps).pow(2).flatten(1).mean(1)).mean()
-    assert W.weighted_x_loss("truncated_snr", lam, x_hat, x).item() == pytest.approx(trunc.item(), rel=1e-9)
-    assert W.weighted_x_loss("constant", lam, x_hat, x).item() == pytest.approx(x_mse.mean().item(), rel=1e-12)
+    assert vp.loss("truncated_snr", t, x_hat, x).item() == pytest.approx(trunc.item(), rel=1e-9)
+    assert vp.loss("constant", t, x_hat, x).item() == pytest.approx(x_mse.mean().item(), rel=1e-12)
+    # EDM's lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2 at the effective noise level sigma / alpha
+    sig = (s / a).flatten()
+    edm = (sig ** 2 + 0.25) / (sig * 0.5) ** 2
+    assert torch.allclose(vp.loss_weight("edm", t), edm, rtol=1e-9)
     with pytest.raises(ValueError, match="weighting must be one of"):
         W.loss_weight("nope", lam)
 
@@ -81,33 +87,21 @@ def test_ddim_step_with_exact_x_hat_follows_the_trajectory_of_a_single_point():
     a_s, s_s = (expand(v, x) for v in alpha_sigma(s))
     z_t = a_t * x + s_t * eps
     # one DDIM step keeps the same noise: it lands on alpha_s x + sigma_s eps, and on x at s = 0
-    assert torch.allclose(ddim_step_from_x(x, z_t, t, s), a_s * x + s_s * eps, atol=1e-10)
-    assert torch.allclose(ddim_step_from_x(x, z_t, t, torch.zeros(8)), x, atol=1e-12)
+    vp = VP()
+    assert torch.allclose(vp.jump(x, z_t, t, s), a_s * x + s_s * eps, atol=1e-10)
+    assert torch.allclose(vp.jump(x, z_t, t, torch.zeros(8)), x, atol=1e-12)
     # a whole N-step sampler with the exact denoiser of a one-point dataset returns the point
     for steps in (1, 3, 16):
-        out = ddim_sample(lambda z, tt: x, torch.randn(8, 2, 3, 3), steps)
+        out = run(lambda z, tt, ss: vp.step(lambda zz, ttt: x, z, tt, ss), torch.randn(8, 2, 3, 3), vp.sampling_times(steps))
         assert torch.allclose(out, x, atol=1e-10)
 
 
 def test_ancestral_sampler_with_exact_x_hat_ends_on_the_point():
     point = torch.randn(1, 1, 4, 4).expand(5, -1, -1, -1)
     for gamma in (0.0, 0.3, 1.0):
-        out = ancestral_sample(lambda z, t: point, torch.randn(5, 1, 4, 4), 8, gamma, torch.Generator().manual_seed(0))
+        out = run_ancestral(VP(), lambda z, t: point, torch.randn(5, 1, 4, 4), VP().sampling_times(8), gamma,
+                            torch.Generator().manual_seed(0))
         assert torch.allclose(out, point, atol=1e-10)
-
-
-def test_ve_steps_are_exact_for_a_single_point():
-    x0 = torch.randn(4, 2)
-    x = x0 + 3.0 * torch.randn(4, 2)
-    sigma, nxt = torch.full((4,), 3.0), torch.full((4,), 1.2)
-    exact = x0 + (nxt / sigma)[:, None] * (x - x0)
-    for step in (euler_step, heun_step):
-        assert torch.allclose(step(lambda z, s: x0, x, sigma, nxt), exact, atol=1e-12)
-        assert torch.allclose(step(lambda z, s: x0, x, sigma, torch.zeros(4)), x0, atol=1e-12)
-    assert torch.allclose(ddim_ve_step_from_x(x0, x, sigma, nxt), exact, atol=1e-12)
-    sig = edm_sigmas(40)
-    assert sig[0].item() == pytest.approx(80.0) and sig[-2].item() == pytest.approx(0.002) and sig[-1] == 0
-    assert (sig[1:] < sig[:-1]).all()
 
 
 def test_ema_bias_correction():

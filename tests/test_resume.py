@@ -21,10 +21,12 @@ class CrashAt(Callback):
             raise Crash(step)
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="module", params=["vp", "edm"])
+def setup(request):
     toy = D.load("toy2d", toy_size=1024)
-    teacher = train_teacher(toy, TeacherConfig(preset="mlp", updates=200, batch_size=128, lr=2e-3, checkpoint_every=0),
+    family = {"family": request.param}
+    teacher = train_teacher(toy, TeacherConfig(preset="mlp", updates=200, batch_size=128, lr=2e-3, checkpoint_every=0,
+                                               family=family, parameterization="v" if request.param == "vp" else "edm"),
                             progress=False)
     return toy, teacher
 

@@ -114,6 +114,37 @@ def test_optuna_sweep_stores_three_complete_trials_matching_mlflow(store, missio
     assert len([r for r in runs(store) if r.data.tags.get("role") == "teacher"]) == 1, "the teacher was reused"
 
 
+def test_an_edm_job_end_to_end_and_teachers_of_one_family_refused_by_the_other(store, mission):
+    """`diffusion=edm`: an EDM teacher trained and registered beside the VP one (the family is part of
+    its key), a TRACT-VE student registered with its family, both sample with `sample(noise, steps)`;
+    a registered teacher of the other family is refused before any run exists."""
+    proc = run_cli("sweeps.run", ["diffusion=edm", "+debug=tiny", "hydra.run.dir=outputs/edm"], store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    student_run = next(r for r in runs(store, "tags.family = 'edm'") if r.data.tags.get("method") == "tract")
+    assert student_run.info.status == "FINISHED" and student_run.data.params["diffusion.family"] == "edm"
+    assert student_run.data.params["diffusion.teacher_sampler"] == "heun"
+    assert student_run.data.params["distill.weighting"] == "edm" and {"gap", "teacher_gap"} <= set(student_run.data.metrics)
+    teachers = {v.tags["family"]: v for v in client.search_model_versions("name = 'distill-teachers'")}
+    assert set(teachers) == {"vp", "edm"}  # a new teacher: the VP one was not reused
+    student = next(v for v in client.search_model_versions("name = 'distill-students'") if v.run_id == student_run.info.run_id)
+    assert student.tags["family"] == "edm" and student.tags["teacher_version"] == f"distill-teachers/{teachers['edm'].version}"
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = mlflow.pytorch.load_model(f"models:/distill-students/{student.version}")
+    assert model.family.name == "edm" and model.family.sampler == "ddim" and model.family.grid_base == 8
+    assert model.sample(noise, 1).shape == noise.shape
+    teacher = mlflow.pytorch.load_model(f"models:/distill-teachers/{teachers['edm'].version}")
+    assert teacher.family.sampler == "heun" and teacher.sample(noise, 2).abs().max() <= 1
+    before = len(runs(store))
+    for family, other in (("edm", "vp"), ("vp", "edm")):
+        refused = run_cli("sweeps.run", [f"diffusion={family}", "+debug=tiny",
+                                         f"teacher.source=models:/distill-teachers/{teachers[other].version}"], store)
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-2000:]
+        assert f"is a {other} teacher; it cannot teach with diffusion={family}" in errors[0]
+    assert len(runs(store)) == before
+
+
 BAD_INPUTS = [
     ("distill.mu_s=1.5", "distill.mu_s must be in [0, 1); got 1.5"),
     ("distill.schedule=[256,30,1]", "30 does not divide 256"),
@@ -130,6 +161,13 @@ BAD_INPUTS = [
     ("eval.ancestral_gammas=[0.5,2]", "eval.ancestral_gammas must be a non-empty list of numbers in [0, 1]"),
     ("compile=maybe", "compile must be one of False, True; got 'maybe'"),
     ("tracking.uri=http://127.0.0.1:9", "tracking.uri=http://127.0.0.1:9: the tracking store does not answer"),
+    ("diffusion.family=ve", "diffusion.family must be one of vp, edm; got 've'"),
+    ("diffusion=edm diffusion.sigma_min=100", "diffusion.sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max"),
+    ("diffusion=edm diffusion.sigma_min=0", "0 < sigma_min < sigma_max; got sigma_min=0"),
+    ("diffusion=edm diffusion.rho=0", "diffusion.rho must be > 0; got 0"),
+    ("diffusion=edm diffusion.teacher_sampler=dpm", "diffusion.teacher_sampler must be one of heun, euler, ddim; got 'dpm'"),
+    ("diffusion.teacher_sampler=heun", "diffusion.teacher_sampler must be ddim with diffusion=vp; got 'heun'"),
+    ("diffusion=edm distill.parameterization=v", "distill.parameterization must be edm with diffusion=edm"),
 ]
 
 
@@ -149,7 +187,7 @@ def test_bad_input_fails_before_any_work_with_one_line(tmp_path, monkeypatch, ca
     """Table-driven, in-process (the subprocess test below checks the real exit code)."""
     from sweeps.job import run_job
     monkeypatch.chdir(tmp_path)
-    cfg = compose([override, "+debug=tiny", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+    cfg = compose([*override.split(), "+debug=tiny", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
                   if not override.startswith("tracking.uri") else [override, "+debug=tiny"], tmp_path)
     with pytest.raises(SystemExit) as e:
         run_job(cfg)
@@ -160,9 +198,13 @@ def test_bad_input_fails_before_any_work_with_one_line(tmp_path, monkeypatch, ca
         assert runs(tmp_path) == []
 
 
-@pytest.mark.parametrize("override,message", [BAD_INPUTS[0], BAD_INPUTS[3]])
+@pytest.mark.parametrize("override,message", [
+    BAD_INPUTS[0], BAD_INPUTS[3],
+    ("diffusion=ve", "diffusion must be one of edm, vp; got 've'"),  # a config group option: before Hydra's error
+    ("-m diffusion=vp,ve", "diffusion must be one of edm, vp; got 've'"),
+])
 def test_bad_input_exits_2_with_one_line_and_creates_no_run(tmp_path, override, message):
-    proc = run_cli("sweeps.run", [override, "+debug=tiny"], tmp_path)
+    proc = run_cli("sweeps.run", [*override.split(), "+debug=tiny"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]

@@ -1,0 +1,34 @@
+"""Noise families (DESIGN 2, "Two axes, one runner"): `vp` (the papers' cosine VP process) and
+`edm` (the variance-exploding EDM process). Teacher training, both distillation methods, the
+samplers, the evaluations and the registered models are written against `NoiseFamily`; a new
+family is one new module here plus its entry in FAMILIES.
+"""
+from .base import Denoiser, NoiseFamily
+from .edm import EDM
+from .vp import VP
+
+FAMILIES = {"vp": VP, "edm": EDM}
+
+
+def build(config=None) -> NoiseFamily:
+    """A family from its plain config ({"family": "edm", "sigma_max": 80.0, ...}); VP v by default.
+    Bad values raise one ValueError naming the public config key."""
+    if isinstance(config, NoiseFamily):
+        return config
+    spec = dict(config or {})
+    name = spec.pop("family", "vp")
+    if name not in FAMILIES:
+        raise ValueError(f"diffusion.family must be one of {', '.join(FAMILIES)}; got {name!r}")
+    try:
+        return FAMILIES[name](**spec)
+    except TypeError as e:  # a key this family does not have
+        raise ValueError(f"diffusion: {e}".replace("__init__() ", "")) from None
+
+
+def legacy_config(model_config: dict) -> dict:
+    """The family of a model saved before families existed (always VP; its keys sat in the model config)."""
+    return {"family": "vp", "parameterization": model_config.get("parameterization", "v"),
+            **{k: model_config[k] for k in ("logsnr_min", "logsnr_max") if k in model_config}}
+
+
+__all__ = ["Denoiser", "NoiseFamily", "VP", "EDM", "FAMILIES", "build", "legacy_config"]
