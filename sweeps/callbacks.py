@@ -18,9 +18,11 @@ class MlflowSweepCallback(Callback):
         from mlflow.tracking import MlflowClient
 
         from sweeps import tracking
+        from sweeps.redaction import redact, redact_logs
+        redact_logs()  # the sweeper's own lines (the Optuna sweeper logs its storage URL)
         exp_id = tracking.setup(config.tracking.uri, config.experiment_name)
         sweep_dir = str(config.hydra.sweep.dir)
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = redact(" ".join(config.hydra.overrides.task))
         run = MlflowClient().create_run(exp_id, run_name=f"sweep {os.path.basename(sweep_dir)}",
                                         tags={"sweep.dir": sweep_dir, "sweep.overrides": overrides,
                                               "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]})

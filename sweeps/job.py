@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def fail(message: str) -> None:
     """Bad input: one line, exit code 2, nothing started."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    from .redaction import redact
+    print(f"error: {redact(message)}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
@@ -49,6 +50,8 @@ def hydra_overrides() -> list[str]:
 
 
 def run_job(cfg: DictConfig) -> float:
+    from .redaction import redact, redact_logs
+    redact_logs()  # this process's log handlers (Hydra configures them per job)
     try:
         tc, dc = check(cfg)
     except ConfigError as e:
@@ -92,7 +95,7 @@ def run_job(cfg: DictConfig) -> float:
             "overrides": " ".join(hydra_overrides()),
             "sweep_id": os.environ.get(tracking.SWEEP_ENV, ""), "output_dir": str(out), "job_dir": str(job.dir),
             **current_trial(cfg)}
-    tags = {k: str(v) for k, v in tags.items()}  # the REST store accepts only string tag values
+    tags = {k: redact(str(v)) for k, v in tags.items()}  # the REST store accepts only string tag values
     parent = tracking.parent_run_id()
     if resume_id:
         log.info("resuming run %s from %s", resume_id, job.dir)
@@ -108,7 +111,7 @@ def run_job(cfg: DictConfig) -> float:
         if not resume_id:
             mlflow.log_params(tracking.flatten(cfg))
             resolved = out / "config_resolved.yaml"
-            resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            resolved.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
             mlflow.log_artifact(str(resolved))
         data_cfg = {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root}
         train_data = data.to(device)  # resident on the GPU: batches never cross from the host

@@ -22,7 +22,8 @@ def current_trial(cfg: DictConfig) -> dict:
         return {}
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tags = {"optuna.study": str(sweeper.study_name), "optuna.storage": str(sweeper.storage).split("@")[-1]}
+    from .redaction import redact
+    tags = {"optuna.study": str(sweeper.study_name), "optuna.storage": redact(str(sweeper.storage))}
     try:
         study = optuna.load_study(study_name=str(sweeper.study_name), storage=str(sweeper.storage))
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))

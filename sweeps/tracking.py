@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill_core.callbacks import Callback
 
+from .redaction import redact
+
 PARENT_ENV = "DISTILL_SWEEPS_PARENT_RUN_ID"
 SWEEP_ENV = "DISTILL_SWEEPS_SWEEP_ID"
 
@@ -74,7 +76,7 @@ def flatten(cfg: DictConfig) -> dict:
             out[prefix[:-1]] = node
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
+    return {k: redact(v) for k, v in out.items()}
 
 
 def git_commit() -> str:

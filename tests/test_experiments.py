@@ -97,3 +97,14 @@ def test_steps_and_teacher_layouts_put_each_phase_and_cell_in_its_row():
     assert len(rows) == 12 and rows["x / snr"][1:4] == ["1", "3", "4"] and rows["x / snr"][-1] == "2.65 / 2.75"
     assert rows["eps / truncated_snr"][1:3] == ["0", "missing"] and rows["eps / truncated_snr"][-1] == "diverges"
     assert [c[1][("x", "snr")] for c in comparisons] == [3.0, 4.0] and comparisons[1][2][("x", "snr")] == 2.75
+
+
+def test_a_malicious_stored_param_is_refused_not_run(tmp_path):
+    """The report parses schedules read back from the store as literals only: code is never run."""
+    from sweeps.report import SPECS
+    marker = tmp_path / "pwned"
+    key = SPECS["tract_phases_total"]["key"]
+    with pytest.raises(ValueError):
+        key({"distill.schedule": f"__import__('pathlib').Path({str(marker)!r}).touch()"})
+    assert not marker.exists()
+    assert key({"distill.schedule": "[256, 16, 1]"}) == "2 phase(s)"

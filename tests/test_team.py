@@ -115,6 +115,44 @@ def test_parallel_optuna_sweep_against_a_server_on_postgresql(postgres, mlflow_s
     assert model.sample(torch.randn(2, *model.data_shape), 1).shape == (2, *model.data_shape)
 
 
+def test_no_password_reaches_the_store_or_the_logs(postgres, tmp_path):
+    """A job with a SQLite tracking store and an OPTUNA_STORAGE that carries a password (the server
+    trusts 127.0.0.1 and ignores it): the password is nowhere in params, tags, artifacts or logs."""
+    secret = "S3cret-pw"
+    storage = postgres.replace("postgres@", f"postgres:{secret}@", 1) + "/optuna"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": uri, "OPTUNA_STORAGE": storage}
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    proc = subprocess.run([sys.executable, "-m", "sweeps.run", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1",
+                           "hydra.sweeper.study_name=redacted", "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert optuna.load_study(study_name="redacted", storage=storage).get_trials()[0].state.name == "COMPLETE"
+    assert secret not in proc.stdout + proc.stderr
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert {r.data.tags.get("role", "student") for r in runs} >= {"teacher", "student"}
+    student = next(r for r in runs if r.data.tags.get("method"))
+    assert student.data.tags["optuna.storage"] == storage.replace(secret, "***")  # which database: still said
+    for r in runs:
+        assert secret not in repr(r.data.params) + repr(r.data.tags), r.info.run_name
+        local = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, dst_path=str(tmp_path / r.info.run_id))
+        for f in Path(local).rglob("*"):
+            assert not f.is_file() or secret.encode() not in f.read_bytes(), f
+    logs = list((tmp_path / "sweep").rglob("*.log"))
+    assert logs and all(secret not in f.read_text() for f in logs)
+
+
+def test_credentials_in_the_tracking_uri_are_redacted_in_params():
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.tracking import flatten
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["tracking.uri=http://alice:pa55@mlflow.example:5000"])
+    assert flatten(cfg)["tracking.uri"] == "http://alice:***@mlflow.example:5000"
+
+
 def test_submitit_local_runs_a_two_job_sweep(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", "distill.mu_s=0.5,0.9",
