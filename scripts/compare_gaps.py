@@ -4,7 +4,7 @@
 
 For the newest student of each method: RMSE between its N-step DDIM samples and the teacher's
 T-step samples from the same 64 noises, for N = 1, 2; and the teacher's own N-step gap.
-Uses only the public API: mlflow.pytorch.load_model(...).sample(noise, steps).
+Loads models with sweeps.registry.load (weights files, no pickle) and samples with .sample(noise, steps).
 """
 import argparse
 from pathlib import Path
@@ -14,6 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from distill_core.images import save_grid
+from sweeps import registry
 
 
 def main():
@@ -37,9 +38,9 @@ def main():
     steps = [int(s) for s in a.steps.split(",")]
     rows, teachers = [], {}
     for method, v in sorted(newest.items()):
-        student = mlflow.pytorch.load_model(f"models:/{a.model}/{v.version}")
+        student = registry.load(f"models:/{a.model}/{v.version}")
         tv = v.tags["teacher_version"]
-        teacher = teachers.setdefault(tv, mlflow.pytorch.load_model(f"models:/{tv}"))
+        teacher = teachers.setdefault(tv, registry.load(f"models:/{tv}"))
         schedule = student.info["schedule"]
         noise = torch.randn(64, *student.data_shape, generator=torch.Generator().manual_seed(1))
         ref = teacher.sample(noise, schedule[0])

@@ -81,10 +81,20 @@ def run_job(cfg: DictConfig) -> float:
             source = resolve_uri(str(cfg.teacher.source))  # a missing teacher fails here, before any run exists
         except TeacherError as e:
             fail(str(e))
+        if registry.is_pickle_only(source) and not cfg.registry.pickle:
+            fail(f"teacher.source: {cfg.teacher.source} is stored only as a pickle (registered before the weights "
+                 f"format), and loading it runs code from the store; set registry.pickle=true if you trust it")
         if family_of(source) != cfg.diffusion.family:
             fail(f"teacher.source: {cfg.teacher.source} is a {family_of(source)} teacher; it cannot teach with "
                  f"diffusion={cfg.diffusion.family} (use diffusion={family_of(source)}, or a "
                  f"{cfg.diffusion.family} teacher)")
+        try:  # download and check it now: a tampered or missing weights file fails before any run exists
+            preloaded = (registry.load(f"models:/{source.name}/{source.version}", device,
+                                       allow_pickle=cfg.registry.pickle), f"{source.name}/{source.version}")
+        except registry.RegistryError as e:
+            fail(f"teacher.source: {e}")
+    else:
+        preloaded = None
 
     out = output_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -117,9 +127,15 @@ def run_job(cfg: DictConfig) -> float:
         train_data = data.to(device)  # resident on the GPU: batches never cross from the host
         if job.get("teacher_version"):  # a resumed job keeps the teacher it started with
             teacher_version = job.get("teacher_version")
-            teacher = registry.load(f"models:/{teacher_version}", device)
+            teacher = registry.load(f"models:/{teacher_version}", device, allow_pickle=cfg.registry.pickle)
         else:
-            teacher, teacher_version = get_teacher(cfg, tc, train_data, data_cfg, device, run_id)
+            try:
+                teacher, teacher_version = preloaded or get_teacher(cfg, tc, train_data, data_cfg, device, run_id)
+            except registry.RegistryError as e:  # a reused teacher whose weights fail their check
+                mlflow.set_tag("failure", str(e))
+                job.update(status="FAILED")
+                mlflow.end_run("FAILED")
+                fail(str(e))
             job.update(teacher_version=teacher_version)
             mlflow.set_tag("teacher_version", teacher_version)
         if teacher.info.get("role") != "student":  # a distilled student teaches with its own jump
@@ -152,7 +168,7 @@ def run_job(cfg: DictConfig) -> float:
                 student, "student", cfg.registry.name,
                 {"method": dc.method, "family": tc.family["family"], "steps": last.steps, "schedule": dc.schedule,
                  "teacher_version": teacher_version,
-                 "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id)
+                 "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id, pickle=cfg.registry.pickle)
             job.update(registered_version=version)
         log.info("registered %s version %s (%s, %d steps): %s", cfg.registry.name, version, dc.method, last.steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in last.metrics.items()))

@@ -1,30 +1,128 @@
-"""Logging models to MLflow and registering them (students and teachers alike).
+"""Logging models to MLflow and registering them (teachers and students alike), without pickle.
 
-Models are pickled (`serialization_format="pickle"`): MLflow 3's default torch.export would
-load back as an fx graph without `sample`. The registry is a trusted store: loading a pickled
-model runs code, so only load from registries you control.
+A registered model is a models-from-code pyfunc (`sweeps/pyfunc_model.py`) with two artifacts:
+`weights.pt`, the model's plain state (config, info, tensors; `DiffusionModel.to_state`), read with
+torch.load(weights_only=True), and `config.json`, the same config for people and tools. The
+weights' sha256 is recorded at registration as the version tag `weights_sha256` and checked before
+every load. `load(uri)` (jobs, `teacher.source`, promote, scripts) downloads the two files and
+rebuilds the model: it never runs code from the store or unpickles anything.
+
+`registry.pickle=true` logs the model with mlflow.pytorch's pickle flavour instead (the two files
+ride along as extra files and `load` still reads those), so `mlflow.pytorch.load_model` works; it
+runs whatever code the pickle holds: only for a store whose every writer you trust. Versions
+registered before this format (pickles only) load only with `allow_pickle`.
 """
+import json
 import logging
+import tempfile
+from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-# We choose pickle deliberately (see above); MLflow's warning about it would repeat every job.
+from distill_core.checkpoint import CheckpointError, load_checked, save_atomic
+
+# We choose pickle deliberately when asked to; MLflow's warning about it would repeat every job.
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "distill-sweeps"]
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+WEIGHTS, CONFIG = "weights.pt", "config.json"
 
 
-def log_and_register(model, name: str, registered_name: str, tags: dict, run_id: str) -> str:
+class RegistryError(RuntimeError):
+    pass
+
+
+def write_files(model, folder: Path) -> tuple[Path, Path, str]:
+    """weights.pt and config.json of `model` in `folder`; returns their paths and the weights' sha256."""
+    folder = Path(folder)
+    state = model.to_state()
+    digest = save_atomic(state, folder / WEIGHTS)
+    config = {"format": "distill-sweeps weights_only", "weights_sha256": digest,
+              "config": {**state["config"], "data_shape": list(state["config"]["data_shape"])},
+              "info": state["info"]}
+    (folder / CONFIG).write_text(json.dumps(config, indent=1, default=str))
+    return folder / WEIGHTS, folder / CONFIG, digest
+
+
+def signature(model):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+    shape = (-1, *model.data_shape)
+    steps = int(model.info.get("steps") or 64)
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
+                          params=ParamSchema([ParamSpec("steps", "long", steps)]))
+
+
+def log_and_register(model, name: str, registered_name: str, tags: dict, run_id: str, pickle: bool = False) -> str:
     """Log `model` under the active run and register it; returns the new version number."""
-    info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                    pip_requirements=PIP_REQUIREMENTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, config, digest = write_files(model, Path(tmp))
+        if pickle:
+            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+                                            pip_requirements=PIP_REQUIREMENTS, extra_files=[str(weights), str(config)])
+        else:
+            import warnings
+            with warnings.catch_warnings():  # the signature describes the input; no example is needed to serve
+                warnings.filterwarnings("ignore", message=r"(?s).*(input example|Add type hints)")
+                info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE),
+                                               pip_requirements=PIP_REQUIREMENTS, signature=signature(model),
+                                               artifacts={"weights": str(weights), "config": str(config)})
     clean = {k: str(v) for k, v in tags.items() if v is not None}
+    clean.update(weights_sha256=digest, format="pickle" if pickle else "weights")
     version = mlflow.register_model(info.model_uri, registered_name, tags=clean)
     MlflowClient().set_tag(run_id, f"registry.{name}", f"{registered_name}/{version.version}")
     return version.version
 
 
-def load(uri: str, device: str = "cpu"):
-    """A registered teacher or student, ready to `sample(noise, steps)`."""
-    return mlflow.pytorch.load_model(uri, map_location=device)
+def version_of(uri: str):
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> the ModelVersion (MlflowException if none)."""
+    client, body = MlflowClient(), uri[len("models:/"):]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, number = body.rsplit("/", 1)
+    return client.get_model_version(name, number)
+
+
+def model_location(version) -> str:
+    """Where a version's logged-model files are (file://, mlflow-artifacts:/, s3://, ...)."""
+    source = version.source
+    if source.startswith("models:/m-"):  # MLflow 3: the version points at a logged model
+        return MlflowClient().get_logged_model(source[len("models:/"):]).artifact_location
+    return source
+
+
+def is_pickle_only(version) -> bool:
+    """Registered before the weights format: loading it means unpickling."""
+    return "weights_sha256" not in version.tags
+
+
+def load(uri: str, device: str = "cpu", allow_pickle: bool = False):
+    """A registered teacher or student, ready to `sample(noise, steps)`; from its weights file,
+    checked against the sha256 recorded at registration. One RegistryError line otherwise."""
+    from distill_core.diffusion import DiffusionModel
+    version = version_of(uri)
+    if is_pickle_only(version):
+        if not allow_pickle:
+            raise RegistryError(f"{uri} (version {version.version}) is stored only as a pickle, and loading it "
+                                f"runs code from the store; set registry.pickle=true if you trust every writer of it")
+        return mlflow.pytorch.load_model(f"models:/{version.name}/{version.version}", map_location=device)
+    location = model_location(version)
+    with tempfile.TemporaryDirectory() as tmp:
+        for sub in ("artifacts", "extra_files"):  # pyfunc artifacts, or the pickle flavour's extra files
+            try:
+                path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{sub}/{WEIGHTS}", dst_path=tmp)
+                break
+            except Exception:  # not in this layout
+                continue
+        else:
+            raise RegistryError(f"{uri} (version {version.version}): no {WEIGHTS} in the model's artifacts")
+        try:
+            state = load_checked(path, map_location=device, expected_sha256=version.tags["weights_sha256"])
+        except CheckpointError as e:
+            raise RegistryError(f"{uri} (version {version.version}): {e}") from None
+    return DiffusionModel.from_state(state).to(device)

@@ -86,14 +86,20 @@ def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, device: str, run_i
     source = str(cfg.teacher.source)
     if source.startswith("models:/"):
         version = resolve_uri(source)
-        return registry.load(f"models:/{version.name}/{version.version}", device), f"{version.name}/{version.version}"
+        return (registry.load(f"models:/{version.name}/{version.version}", device, allow_pickle=cfg.registry.pickle),
+                f"{version.name}/{version.version}")
     name, key = cfg.registry.teacher_name, teacher_key(tc, data_cfg)
     cache = Path(cfg.cache_dir)
     with file_lock(cache / "locks" / f"teacher-{key}.lock"):
         found = find_registered(name, key)
+        if found is not None and registry.is_pickle_only(found) and not cfg.registry.pickle:
+            log.warning("teacher %s version %s is stored only as a pickle (registered before the weights format); "
+                        "not loading it (registry.pickle=false): training a new one", name, found.version)
+            found = None
         if found is not None:
             log.info("reusing teacher %s version %s (key %s)", name, found.version, key)
-            return registry.load(f"models:/{name}/{found.version}", device), f"{name}/{found.version}"
+            return (registry.load(f"models:/{name}/{found.version}", device, allow_pickle=cfg.registry.pickle),
+                    f"{name}/{found.version}")
         log.info("training teacher (key %s): %d updates of %s on %s", key, tc.updates, tc.preset, data.name)
         active = mlflow.active_run()
         with mlflow.start_run(run_name=f"teacher {key}", nested=True, tags={"role": "teacher", "teacher_key": key},
@@ -107,6 +113,7 @@ def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, device: str, run_i
             version = registry.log_and_register(teacher, "teacher", name, {"teacher_key": key, "role": "teacher",
                                                 "dataset": data.name, "preset": tc.preset,
                                                 "parameterization": tc.parameterization,
-                                                "family": tc.family["family"]}, run.info.run_id)
+                                                "family": tc.family["family"]}, run.info.run_id,
+                                                pickle=cfg.registry.pickle)
             mlflow.flush_async_logging()
         return teacher, f"{name}/{version}"

@@ -11,6 +11,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from sweeps import registry
+
 pytestmark = pytest.mark.slow
 
 TINY = ["+debug=tiny", "distill.schedule=[8,4,2,1]", "distill.updates_per_phase=30", "distill.checkpoint_every=10",
@@ -61,9 +63,9 @@ def test_sigkill_in_phase_two_then_rerun_continues_the_same_run(tmp_path):
     assert sorted(m.step for m in client.get_metric_history(run_id, "gap")) == [1, 2, 3]
     versions = client.search_model_versions("name = 'distill-students'")
     assert len(versions) == 1
-    resumed = mlflow.pytorch.load_model(f"models:/distill-students/{versions[0].version}")
+    resumed = registry.load(f"models:/distill-students/{versions[0].version}")
     mlflow.set_tracking_uri(f"sqlite:///{twin_dir}/mlflow.db")
-    uninterrupted = mlflow.pytorch.load_model("models:/distill-students/1")
+    uninterrupted = registry.load("models:/distill-students/1")
     for a, b in zip(resumed.parameters(), uninterrupted.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
 

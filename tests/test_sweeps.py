@@ -10,6 +10,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from sweeps import registry
+
 pytestmark = pytest.mark.slow
 
 
@@ -84,12 +86,12 @@ def test_promote_moves_the_alias_to_the_best_version_and_the_champion_samples(st
     best = min(versions, key=lambda v: float(v.tags["gap"]))
     assert client.get_model_version_by_alias("distill-students", "champion").version == best.version
     assert f"-> version {best.version}" in proc.stdout and "none ->" in proc.stdout
-    model = mlflow.pytorch.load_model("models:/distill-students@champion")
+    model = registry.load("models:/distill-students@champion")
     noise = torch.randn(4, *model.data_shape, generator=torch.Generator().manual_seed(0))
     out = model.sample(noise, 1)
     assert out.shape == noise.shape and torch.equal(out, model.sample(noise, 1))
     # the registered teacher loads and samples exactly like a student
-    teacher = mlflow.pytorch.load_model("models:/distill-teachers/1")
+    teacher = registry.load("models:/distill-teachers/1")
     assert teacher.sample(noise, 1).shape == noise.shape
     refused = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "precision"], store)
     assert refused.returncode == 2 and "--metric precision: none of the 3 versions" in refused.stderr
@@ -130,10 +132,10 @@ def test_an_edm_job_end_to_end_and_teachers_of_one_family_refused_by_the_other(s
     student = next(v for v in client.search_model_versions("name = 'distill-students'") if v.run_id == student_run.info.run_id)
     assert student.tags["family"] == "edm" and student.tags["teacher_version"] == f"distill-teachers/{teachers['edm'].version}"
     noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    model = mlflow.pytorch.load_model(f"models:/distill-students/{student.version}")
+    model = registry.load(f"models:/distill-students/{student.version}")
     assert model.family.name == "edm" and model.family.sampler == "ddim" and model.family.grid_base == 8
     assert model.sample(noise, 1).shape == noise.shape
-    teacher = mlflow.pytorch.load_model(f"models:/distill-teachers/{teachers['edm'].version}")
+    teacher = registry.load(f"models:/distill-teachers/{teachers['edm'].version}")
     assert teacher.family.sampler == "heun" and teacher.sample(noise, 2).abs().max() <= 1
     before = len(runs(store))
     for family, other in (("edm", "vp"), ("vp", "edm")):

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps import registry
+
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -110,7 +112,7 @@ def test_parallel_optuna_sweep_against_a_server_on_postgresql(postgres, mlflow_s
     out = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/distill-students/{versions[0].version}",
                                               dst_path=str(tmp_path / "download"))
     assert (Path(out) / "MLmodel").is_file()
-    model = mlflow.pytorch.load_model(f"models:/distill-students/{versions[0].version}")
+    model = registry.load(f"models:/distill-students/{versions[0].version}")
     import torch
     assert model.sample(torch.randn(2, *model.data_shape), 1).shape == (2, *model.data_shape)
 
@@ -148,7 +150,7 @@ def test_credentials_in_the_tracking_uri_are_redacted_in_params():
     from hydra import compose, initialize_config_dir
 
     from sweeps.tracking import flatten
-    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(str(REPO / "conf")):
         cfg = compose("config", overrides=["tracking.uri=http://alice:pa55@mlflow.example:5000"])
     assert flatten(cfg)["tracking.uri"] == "http://alice:***@mlflow.example:5000"
 

@@ -1,0 +1,40 @@
+"""MLflow models-from-code: the pyfunc of every registered teacher and student.
+
+MLflow copies this file into each logged model and runs it on `mlflow.pyfunc.load_model(uri)`. It
+rebuilds the model from the model's two artifacts, `weights.pt` (plain config + tensors, read with
+torch.load(weights_only=True) after its sha256 is checked) and `config.json`: nothing is unpickled.
+`predict(noise)` samples from noise of shape (B, *data_shape) at the model's own step count (a
+student's distilled steps; `params={"steps": N}` for another), with the model's own sampler.
+"""
+import json
+import warnings
+from pathlib import Path
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+# the input is a noise tensor described by the model's signature, not by Python type hints
+warnings.filterwarnings("ignore", message=r"(?s).*Add type hints to the `predict` method")
+
+TEACHER_STEPS = 64  # a teacher's default number of steps in `predict` (it has no distilled count)
+
+
+class DiffusionPyfunc(PythonModel):
+    def load_context(self, context):
+        from distill_core.checkpoint import load_checked
+        from distill_core.diffusion import DiffusionModel
+        config = json.loads(Path(context.artifacts["config"]).read_text())
+        state = load_checked(context.artifacts["weights"], expected_sha256=config["weights_sha256"])
+        self.model = DiffusionModel.from_state(state)
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import torch
+        steps = int((params or {}).get("steps") or self.model.info.get("steps") or TEACHER_STEPS)
+        if isinstance(model_input, dict):  # a named input, e.g. from a REST request's "inputs"
+            (model_input,) = model_input.values()
+        noise = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        return self.model.sample(noise, steps).cpu().numpy()
+
+
+mlflow.models.set_model(DiffusionPyfunc())
