@@ -5,6 +5,7 @@ store first so parallel jobs never race on its schema; jobs find the parent thro
 environment variable (inherited by joblib/submitit-local workers) and nest under it.
 """
 import os
+import sys
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -20,12 +21,24 @@ class MlflowSweepCallback(Callback):
         from sweeps import tracking
         from sweeps.redaction import redact, redact_logs
         redact_logs()  # the sweeper's own lines (the Optuna sweeper logs its storage URL)
-        exp_id = tracking.setup(config.tracking.uri, config.experiment_name)
+        try:
+            exp_id = tracking.setup(config.tracking.uri, config.experiment_name)
+        except tracking.AuthError as e:
+            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         sweep_dir = str(config.hydra.sweep.dir)
         overrides = redact(" ".join(config.hydra.overrides.task))
-        run = MlflowClient().create_run(exp_id, run_name=f"sweep {os.path.basename(sweep_dir)}",
-                                        tags={"sweep.dir": sweep_dir, "sweep.overrides": overrides,
-                                              "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]})
+        try:
+            run = MlflowClient().create_run(exp_id, run_name=f"sweep {os.path.basename(sweep_dir)}",
+                                            tags={"sweep.dir": sweep_dir, "sweep.overrides": overrides,
+                                                  "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]})
+        except Exception as e:
+            if not tracking.denied(e):
+                raise
+            print(f"error: tracking.uri={redact(str(config.tracking.uri))}: user {tracking.user()} may not create runs "
+                  f"in experiment {config.experiment_name} (403 {e.error_code}); ask its owner for EDIT access",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(2)
         self.run_id = run.info.run_id
         os.environ[tracking.PARENT_ENV] = self.run_id
         os.environ[tracking.SWEEP_ENV] = self.run_id

@@ -74,7 +74,12 @@ def run_job(cfg: DictConfig) -> float:
         fail(str(e))
     try:
         exp_id = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
+    except tracking.AuthError as e:
+        fail(str(e))
     except Exception as e:
+        if tracking.denied(e):
+            fail(f"tracking.uri={cfg.tracking.uri}: user {tracking.user()} may not use experiment "
+                 f"{cfg.experiment_name} ({e.error_code}); ask its owner for access")
         fail(f"tracking.uri={cfg.tracking.uri}: the tracking store does not answer ({type(e).__name__}: {str(e)[:200]})")
     if str(cfg.teacher.source).startswith("models:/"):
         try:
@@ -107,14 +112,20 @@ def run_job(cfg: DictConfig) -> float:
             **current_trial(cfg)}
     tags = {k: redact(str(v)) for k, v in tags.items()}  # the REST store accepts only string tag values
     parent = tracking.parent_run_id()
-    if resume_id:
-        log.info("resuming run %s from %s", resume_id, job.dir)
-        run_ctx = mlflow.start_run(run_id=resume_id, nested=mlflow.active_run() is not None)
-    else:
-        job.reset()
-        run_ctx = mlflow.start_run(experiment_id=exp_id, parent_run_id=parent, nested=mlflow.active_run() is not None,
-                                   run_name=f"{dc.method} {tc.family['family']} {'-'.join(map(str, dc.schedule))}",
-                                   tags=tags)
+    try:
+        if resume_id:
+            log.info("resuming run %s from %s", resume_id, job.dir)
+            run_ctx = mlflow.start_run(run_id=resume_id, nested=mlflow.active_run() is not None)
+        else:
+            run_ctx = mlflow.start_run(experiment_id=exp_id, parent_run_id=parent,
+                                       nested=mlflow.active_run() is not None, tags=tags,
+                                       run_name=f"{dc.method} {tc.family['family']} {'-'.join(map(str, dc.schedule))}")
+            job.reset()  # a fresh job: only once its run exists (a refused run loses nothing)
+    except mlflow.exceptions.MlflowException as e:
+        if not tracking.denied(e):
+            raise
+        fail(f"tracking.uri={cfg.tracking.uri}: user {tracking.user()} may not create runs in experiment "
+             f"{cfg.experiment_name} (403 {e.error_code}); ask its owner for EDIT access")
     with run_ctx as run:
         run_id = run.info.run_id
         job.update(run_id=run_id, status="RUNNING")

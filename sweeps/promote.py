@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     try:
         versions = client.search_model_versions(f"name = '{args.model}'")
     except mlflow.exceptions.MlflowException as e:
-        print(f"error: --model {args.model}: {e}", file=sys.stderr)
+        print(f"error: --model {args.model}: {(str(e).splitlines() or [''])[0][:300]}", file=sys.stderr)
         return 2
     if not versions:
         print(f"error: --model {args.model}: no registered versions in {mlflow.get_tracking_uri()}", file=sys.stderr)
@@ -55,7 +55,15 @@ def main(argv=None) -> int:
         before = f"version {previous.version} ({args.metric}={previous.tags.get(args.metric, 'n/a')})"
     except mlflow.exceptions.MlflowException:
         before = "none"
-    client.set_registered_model_alias(args.model, args.alias, best.version)
+    try:
+        client.set_registered_model_alias(args.model, args.alias, best.version)
+    except mlflow.exceptions.MlflowException as e:
+        from .tracking import denied, user
+        if not denied(e):
+            raise
+        print(f"error: {args.model}@{args.alias}: the server refused to move the alias (403 {e.error_code}): "
+              f"user {user()} needs EDIT on {args.model}", file=sys.stderr)
+        return 2
     print(f"{args.model}@{args.alias}: {before} -> version {best.version} ({args.metric}={best.tags[args.metric]})")
     return 0
 

@@ -44,16 +44,54 @@ def setup(uri: str, experiment_name: str) -> str:
         return client.get_experiment_by_name(experiment_name).experiment_id
 
 
+class AuthError(RuntimeError):
+    """The tracking server refused this user (401) or this action (403): one line for the user."""
+
+
+def user() -> str:
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no MLFLOW_TRACKING_USERNAME)"
+
+
+def denied(e: Exception) -> bool:
+    """An MLflow error that is the server refusing the credentials or the permission."""
+    return getattr(e, "error_code", None) in ("PERMISSION_DENIED", "UNAUTHENTICATED")
+
+
+def credentials_header() -> dict:
+    """The Authorization header MLflow's client sends (MLFLOW_TRACKING_USERNAME/_PASSWORD or _TOKEN)."""
+    import base64
+    name, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if name and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when a server does not answer."""
+    """Fail in seconds, not after MLflow's minutes of retries, when a server does not answer or
+    does not accept the credentials (a server running MLflow's basic-auth app answers 401)."""
+    import urllib.error
     import urllib.request
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status == 200:
-                return
+        with urllib.request.urlopen(base + "/health", timeout=timeout) as r:
+            if r.status != 200:
+                raise ConnectionError(f"no MLflow server answers at {uri}")
     except OSError as e:
         raise ConnectionError(f"no MLflow server answers at {uri} ({e})") from None
-    raise ConnectionError(f"no MLflow server answers at {uri}")
+    header = credentials_header()
+    probe = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1", headers=header)
+    try:
+        urllib.request.urlopen(probe, timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise AuthError(f"tracking.uri={uri}: the server refused the credentials (401 Unauthorized): "
+                            + ("MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD were not accepted" if header
+                               else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")) from None
+        if e.code == 403:
+            raise AuthError(f"tracking.uri={uri}: user {user()} may not read this server (403 Forbidden)") from None
+    except OSError:
+        pass  # MLflow's own calls report anything else
 
 
 def enable_wal(db_path: str) -> None:

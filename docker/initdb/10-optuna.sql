@@ -1,2 +1,3 @@
--- The Optuna study lives in its own database on the same PostgreSQL server.
+-- The Optuna study and MLflow's users and permissions live in their own databases on the same server.
 CREATE DATABASE optuna;
+CREATE DATABASE mlflow_auth;

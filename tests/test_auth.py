@@ -1,0 +1,138 @@
+"""A team tracking server with MLflow's basic-auth app (issue: the store is a trust boundary):
+a real `mlflow server --app-name basic-auth` on 127.0.0.1 with an editor and a read-only user."""
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sweeps import registry
+from test_team import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("flask_wtf", reason="mlflow[auth] (Flask-WTF) not installed: bash scripts/setup.sh installs it")
+    root = tmp_path_factory.mktemp("auth-server")
+    passwords = {user: secrets.token_urlsafe(12) for user in ("admin", "editor", "reader")}
+    ini = root / "basic_auth.ini"
+    ini.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"  # private until granted
+                   f"database_uri = sqlite:///{root}/auth.db\nadmin_username = admin\n"
+                   f"admin_password = {passwords['admin']}\n"
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            env=env, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+    from mlflow.server.auth.client import AuthServiceClient
+    with credentials("admin", passwords["admin"]):
+        admin = AuthServiceClient(url)
+        for user in ("editor", "reader"):
+            admin.create_user(user, passwords[user])
+    yield url, passwords
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+class credentials:
+    """MLFLOW_TRACKING_USERNAME / _PASSWORD for this process, restored afterwards."""
+
+    def __init__(self, user, password):
+        self.values = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def cli(module, args, url, tmp_path, user=None, password=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env.update(TQDM_DISABLE="1", MLFLOW_TRACKING_URI=url)
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    if user:
+        env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def one_error(proc) -> str:
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def all_runs(url, password):
+    with credentials("editor", password):
+        mlflow.set_tracking_uri(url)
+        return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_authenticated_editor_sweeps_reader_only_reads_strangers_are_turned_away(server, tmp_path):
+    url, pw = server
+    line = one_error(cli("sweeps.run", ["+debug=tiny"], url, tmp_path))
+    assert "401" in line and "MLFLOW_TRACKING_USERNAME" in line
+    line = one_error(cli("sweeps.run", ["+debug=tiny"], url, tmp_path, "editor", "wrong-password"))
+    assert "401" in line
+
+    sweep = cli("sweeps.run", ["-m", "distill.mu_s=0.5,0.9", "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"],
+                url, tmp_path, "editor", pw["editor"])
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    promoted = cli("sweeps.promote", ["--model", "distill-students", "--metric", "gap"], url, tmp_path,
+                   "editor", pw["editor"])
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    runs_before = len(all_runs(url, pw["editor"]))
+    assert runs_before >= 4  # the sweep's parent, the teacher and two students
+
+    # the README's grants: the reader may read the editor's experiment and model, and edit another one
+    from mlflow.server import get_app_client
+    with credentials("admin", pw["admin"]):
+        mlflow.set_tracking_uri(url)
+        auth = get_app_client("basic-auth", tracking_uri=url)
+        read_only = mlflow.get_experiment_by_name("distill-sweeps").experiment_id
+        editable = mlflow.create_experiment("reader-sweeps")
+        auth.grant_user_permission("reader", "experiment", read_only, "READ")
+        auth.grant_user_permission("reader", "experiment", editable, "EDIT")
+        auth.grant_user_permission("reader", "registered_model", "distill-students", "READ")
+    with credentials("reader", pw["reader"]):  # reads: the champion loads and samples
+        mlflow.set_tracking_uri(url)
+        model = registry.load("models:/distill-students@champion")
+        noise = torch.randn(2, *model.data_shape)
+        assert model.sample(noise, 1).shape == noise.shape
+        assert len(MlflowClient().search_model_versions("name = 'distill-students'")) == 2
+    # ... but neither trains nor registers nor moves an alias: one line each, nothing written
+    line = one_error(cli("sweeps.run", ["+debug=tiny"], url, tmp_path, "reader", pw["reader"]))
+    assert "403" in line and "reader" in line
+    line = one_error(cli("sweeps.promote", ["--model", "distill-students", "--metric", "gap", "--alias", "mine"],
+                         url, tmp_path, "reader", pw["reader"]))
+    assert "403" in line
+    assert len(all_runs(url, pw["editor"])) == runs_before
+    # where the reader may edit, its job runs end to end (its own registered models)
+    own = cli("sweeps.run", ["+debug=tiny", "experiment_name=reader-sweeps", "registry.name=reader-students",
+                             "registry.teacher_name=reader-teachers"], url, tmp_path, "reader", pw["reader"])
+    assert own.returncode == 0, own.stderr[-3000:]
