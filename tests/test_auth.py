@@ -4,8 +4,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
-import urllib.request
 
 import mlflow
 import pytest
@@ -13,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from sweeps import registry
-from test_team import free_port
+from test_team import start_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -28,24 +26,8 @@ def server(tmp_path_factory):
                    f"database_uri = sqlite:///{root}/auth.db\nadmin_username = admin\n"
                    f"admin_password = {passwords['admin']}\n"
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            env=env, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+    proc, url = start_mlflow_server(root, f"sqlite:///{root}/mlflow.db", "--app-name", "basic-auth", env=env)
     from mlflow.server.auth.client import AuthServiceClient
     with credentials("admin", passwords["admin"]):
         admin = AuthServiceClient(url)

@@ -61,25 +61,28 @@ def postgres(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(postgres, tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
+def start_mlflow_server(root: Path, backend: str, *extra, env=None):
+    """A real `mlflow server` on 127.0.0.1 serving artifacts from `root`; (process, url) once it answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow",
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *extra, "--backend-store-uri", backend,
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
-                            stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+                            env=env, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
+                return proc, url
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+    proc.kill()
+    pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), f"{postgres}/mlflow")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
