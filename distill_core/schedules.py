@@ -1,4 +1,4 @@
-"""Noise schedules: the VP cosine schedule through clipped log-SNR, and EDM's VE sigmas.
+"""Noise schedules: the VP cosine schedule through clipped log-SNR (EDM's sigma grid is in families/edm.py).
 
 Everything is a small pure function of a tensor of times so it batches over t.
 Time t = 0 is the clean-data end of the process: `alpha_sigma` returns exactly (1, 0)
@@ -30,14 +30,6 @@ def alpha_sigma(t: torch.Tensor, logsnr_min: float = LOGSNR_MIN, logsnr_max: flo
     alpha, sigma = alpha_sigma_from_logsnr(logsnr_cosine(t, logsnr_min, logsnr_max))
     at_data = t <= 0
     return torch.where(at_data, torch.ones_like(alpha), alpha), torch.where(at_data, torch.zeros_like(sigma), sigma)
-
-
-def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    """EDM's rho-spaced grid of n noise levels from sigma_max down to sigma_min, then sigma = 0."""
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    inv_rho = 1.0 / rho
-    sigmas = (sigma_max ** inv_rho + ramp * (sigma_min ** inv_rho - sigma_max ** inv_rho)) ** rho
-    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 
 def expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

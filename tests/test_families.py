@@ -9,7 +9,7 @@ from distill_core import families
 from distill_core.diffusion import DiffusionModel
 from distill_core.families import EDM, VP
 from distill_core.samplers import run
-from distill_core.schedules import edm_sigmas, expand
+from distill_core.schedules import expand
 
 FAMILY_CASES = {**{f"vp-{p}": VP(parameterization=p) for p in ("eps", "x", "both", "v")}, "edm": EDM()}
 
@@ -52,7 +52,10 @@ def test_edm_weighting_is_unit_weight_on_the_preconditioned_output():
 def test_edm_grid_is_ml_tracts_and_students_walk_its_sub_grid():
     family = EDM()
     grid = family.time(torch.arange(41), 40)
-    assert torch.allclose(grid.flip(0), edm_sigmas(40).double(), rtol=1e-6)  # sigma_max ... sigma_min, 0
+    # apple/ml-tract's tc_distill_edm.py: [0] + linspace(sigma_min^(1/rho), sigma_max^(1/rho), 40)^rho
+    reference = torch.cat([torch.zeros(1, dtype=torch.float64),
+                           torch.linspace(0.002 ** (1 / 7), 80.0 ** (1 / 7), 40, dtype=torch.float64) ** 7])
+    assert torch.allclose(grid, reference, rtol=1e-12)
     assert grid[0] == 0 and grid[1].item() == pytest.approx(0.002) and grid[-1].item() == pytest.approx(80.0)
     assert torch.equal(family.sampling_times(1), torch.tensor([80.0, 0.0]))
     # a teacher samples on a fresh N-step grid; a student distilled on the 40-step grid on its sub-grid

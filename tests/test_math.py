@@ -9,7 +9,7 @@ from distill_core import weighting as W
 from distill_core.ema import EMA
 from distill_core.families import VP
 from distill_core.samplers import run, run_ancestral
-from distill_core.schedules import alpha_sigma, edm_sigmas, expand, logsnr_cosine
+from distill_core.schedules import alpha_sigma, expand, logsnr_cosine
 
 
 
