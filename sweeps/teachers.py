@@ -102,7 +102,8 @@ def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, device: str, run_i
                     f"{name}/{found.version}")
         log.info("training teacher (key %s): %d updates of %s on %s", key, tc.updates, tc.preset, data.name)
         active = mlflow.active_run()
-        with mlflow.start_run(run_name=f"teacher {key}", nested=True, tags={"role": "teacher", "teacher_key": key},
+        with mlflow.start_run(run_name=f"teacher {key}", nested=True, tags={"role": "teacher", "teacher_key": key,
+                                                                     "family": tc.family["family"]},
                               experiment_id=active.info.experiment_id if active else None) as run:
             mlflow.log_params({f"teacher.{k}": v for k, v in asdict(tc).items() if k != "family"})
             mlflow.log_params({f"diffusion.{k}": v for k, v in tc.family.items()})

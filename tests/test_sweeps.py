@@ -129,6 +129,7 @@ def test_an_edm_job_end_to_end_and_teachers_of_one_family_refused_by_the_other(s
     assert student_run.data.params["distill.weighting"] == "edm" and {"gap", "teacher_gap"} <= set(student_run.data.metrics)
     teachers = {v.tags["family"]: v for v in client.search_model_versions("name = 'distill-teachers'")}
     assert set(teachers) == {"vp", "edm"}  # a new teacher: the VP one was not reused
+    assert [r.data.tags.get("role") for r in runs(store, "tags.family = 'edm'")].count("teacher") == 1
     student = next(v for v in client.search_model_versions("name = 'distill-students'") if v.run_id == student_run.info.run_id)
     assert student.tags["family"] == "edm" and student.tags["teacher_version"] == f"distill-teachers/{teachers['edm'].version}"
     noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
