@@ -23,6 +23,7 @@ def plain_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor) -> torch.Ten
 
 
 _compiled = None
+PRECISIONS = ("bf16", "fp32")
 
 
 def compiled_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -77,9 +78,14 @@ class DiffusionModel(nn.Module):
         x = self.family.denoise(self._net, z, t)
         return x.clamp(-1.0, 1.0) if clip else x
 
-    def use_fast_paths(self, device, compile: bool = False) -> "DiffusionModel":
+    def use_fast_paths(self, device, compile: bool = False, precision: str = "bf16") -> "DiffusionModel":
         """Move to `device`; on CUDA with images, keep the weights channels_last (the inputs follow
-        in `_net`); optionally compile the network call (graphs are built on first use)."""
+        in `_net`); optionally compile the network call (graphs are built on first use). `precision`:
+        bf16 autocast of the network on CUDA, or fp32; the family's arithmetic (targets, inversions)
+        stays float32 either way, outside autocast."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        self.amp = precision == "bf16"
         self.to(device)
         if str(device).startswith("cuda") and len(self.data_shape) == 3:
             self.to(memory_format=torch.channels_last)

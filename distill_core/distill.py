@@ -5,7 +5,10 @@ made, which EMAs exist, what a phase hand-over does) and the teacher's noise fam
 (`distill_core.families`: noising, times, jumps, the loss weight), and asks neither which one it
 has. The inference EMA (mu_i; 0 = none) is what is evaluated, saved and becomes the next
 phase's teacher. The whole state is checkpointed atomically during and after each phase, so a
-killed job resumes where it stopped and ends with the same weights.
+killed job resumes where it stopped and ends with the same weights. Under data parallelism
+(`distill_core.placement`) every rank holds the whole state and trains on its slice of each global
+batch; rank 0 alone reports, checkpoints and evaluates, and the ranks' weights are compared at
+every phase end.
 """
 import copy
 import logging
@@ -27,6 +30,7 @@ from .families import build as build_family
 from .images import save_grid
 from .loop import LoopSettings, run_updates
 from .methods import build as build_method
+from .placement import Single
 from .weighting import check as check_weighting
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ class DistillConfig:
     seed: int = 0
     inject_nan_at: Optional[int] = None  # testing knob: make the loss NaN at this global update
     compile: bool = False  # torch.compile the network calls (see DiffusionModel.use_fast_paths)
+    precision: str = "bf16"  # the networks' precision on CUDA (bf16 autocast or fp32); targets stay float32
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -113,14 +118,16 @@ class Distiller:
 
     def __init__(self, teacher: DiffusionModel, data: TensorData, cfg: DistillConfig, workdir: Path,
                  callback: Optional[Callback] = None, device: str = "cpu", eval_noise: Optional[torch.Tensor] = None,
-                 progress: bool = True):
+                 progress: bool = True, placement=None):
         validate(cfg)
-        self.cfg, self.data, self.device, self.progress = cfg, data, device, progress
-        self.callback = callback or Callback()
+        self.placement = placement or Single()
+        self.cfg, self.data, self.device = cfg, data, device
+        self.progress = progress and self.placement.is_main
+        self.callback = callback if callback is not None and self.placement.is_main else Callback()
         self.workdir = Path(workdir)
         self.method = build_method(cfg.method)
         self.clip = cfg.clip_x if cfg.clip_x is not None else self.method.clip_default
-        self.original_teacher = teacher.use_fast_paths(device, cfg.compile).eval()
+        self.original_teacher = teacher.use_fast_paths(device, cfg.compile, cfg.precision).eval()
         self.family = teacher.family  # times and noising of every phase: the teacher's grid
         self.eval_noise = eval_noise if eval_noise is not None else \
             torch.randn((64, *teacher.data_shape), generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -159,6 +166,8 @@ class Distiller:
                 "results": [r.__dict__ for r in self.results]}
 
     def save(self, name: str) -> None:
+        if not self.placement.is_main:
+            return
         digest = save_atomic(self.state(), self.workdir / name)
         if name != self.checkpoint_path.name:  # the phase file is also the new resume point: copy, not re-serialise
             tmp = self.checkpoint_path.with_name(f".{self.checkpoint_path.name}.tmp")
@@ -183,8 +192,9 @@ class Distiller:
     # --- one batch ---
     def loss(self, teacher_steps: int, student_steps: int) -> torch.Tensor:
         cfg, g, dev, family, base = self.cfg, self.generator, self.device, self.family, self.cfg.schedule[0]
-        x = self.data.batch(cfg.batch_size, g).to(dev)
-        eps = torch.randn(x.shape, generator=g).to(dev)
+        shard = self.placement.shard  # every rank draws the global batch and keeps its slice
+        x = shard(self.data.batch(cfg.batch_size, g)).to(dev)
+        eps = shard(torch.randn((cfg.batch_size, *self.data.shape), generator=g)).to(dev)
         teacher, self_teacher, clip = self.teacher, self.self_teacher, self.clip
 
         def teacher_step(z, t_from, t_to):  # the teacher's own sampler step (DDIM; Heun/Euler for EDM)
@@ -194,13 +204,13 @@ class Distiller:
             return self_teacher.module.jump(z, t_from, t_to, clip)
 
         with torch.inference_mode():
-            draw = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in
+            draw = {k: shard(v).to(dev) if torch.is_tensor(v) else v for k, v in
                     self.method.draw(cfg.batch_size, base, teacher_steps, student_steps, g).items()}
             t = family.time(draw["t"], base)
             z_t = family.noise(x, t, eps)
             target = self.method.target(family, teacher_step, self_step if self_teacher else None, z_t, draw, base)
         z_t, target, t = z_t.clone(), target.clone(), t.clone()
-        loss = family.loss(cfg.weighting, t, self.student.x_hat(z_t, t), target)
+        loss = family.loss(cfg.weighting, t, self._x_hat(z_t, t), target)
         if cfg.inject_nan_at is not None and self._global_step == cfg.inject_nan_at:
             loss = loss * float("nan")
         self._global_step += 1
@@ -216,7 +226,8 @@ class Distiller:
             self.load(self.checkpoint_path)
             log.info("resuming distillation at phase %d, update %d", self.phase + 1, self.step)
         schedule = list(cfg.schedule)
-        reference = self.original_teacher.sample(self.eval_noise, schedule[0])
+        # the evaluation's reference: rank 0 evaluates, the other ranks only train
+        reference = self.original_teacher.sample(self.eval_noise, schedule[0]) if self.placement.is_main else None
         n_phases = len(schedule) - 1
         while self.phase < n_phases:
             p = self.phase
@@ -234,9 +245,14 @@ class Distiller:
                 self.step = step
                 self.save(self.checkpoint_path.name)
 
+            self._x_hat = self.placement.wrap(self.student)  # (BTD starts a fresh student every phase)
             run_updates(self.student, self.optimizer, lambda: self.loss(teacher_steps, student_steps), settings,
                         start=self.step, step_offset=p * cfg.updates_per_phase, emas=emas,
-                        callback=self.callback, save_checkpoint=save_mid)
+                        callback=self.callback, save_checkpoint=save_mid, placement=self.placement)
+            for name, module in (("student", self.student), ("inference EMA", self.ema_i),
+                                 ("self-teacher", self.self_teacher)):
+                if module is not None:
+                    self.placement.check_in_step(name, module)
             self._end_phase(p, teacher_steps, student_steps, reference)
         final = copy.deepcopy(self.teacher)  # after the last phase the teacher is the final student
         final.info = dict(self.original_teacher.info, role="student", method=cfg.method, schedule=schedule,
@@ -246,6 +262,19 @@ class Distiller:
 
     def _end_phase(self, p: int, teacher_steps: int, student_steps: int, reference: torch.Tensor) -> None:
         model = self.eval_model()
+        metrics = self._evaluate(p, student_steps, model, reference) if self.placement.is_main else {}
+        self.placement.barrier()  # the other ranks wait for rank 0's evaluation
+        self.results.append(PhaseResult(p, teacher_steps, student_steps, metrics))
+        # hand over: the evaluated model becomes the next phase's teacher
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.method.fresh_student_each_phase:
+            self.student = self._new_student(self.teacher)
+            self.ema_i = EMA(self.student, self.mu_i)
+            self.optimizer = self._new_optimizer()
+        self.phase, self.step = p + 1, 0
+        self.save(f"phase{p + 1}_{student_steps}steps.pt")
+
+    def _evaluate(self, p: int, student_steps: int, model: DiffusionModel, reference: torch.Tensor) -> dict:
         metrics = {"gap": gap(model, self.eval_noise, student_steps, reference),
                    "teacher_gap": gap(self.original_teacher, self.eval_noise, student_steps, reference)}
         grid = self.workdir / f"samples_phase{p + 1}_{student_steps}steps.png"
@@ -256,15 +285,7 @@ class Distiller:
         self.callback.on_metrics({**metrics, "phase_steps": student_steps}, p + 1)
         log.info("phase %d done: %d steps, gap %.4f (teacher at %d steps: %.4f)", p + 1, student_steps,
                  metrics["gap"], student_steps, metrics["teacher_gap"])
-        self.results.append(PhaseResult(p, teacher_steps, student_steps, metrics))
-        # hand over: the evaluated model becomes the next phase's teacher
-        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        if self.method.fresh_student_each_phase:
-            self.student = self._new_student(self.teacher)
-            self.ema_i = EMA(self.student, self.mu_i)
-            self.optimizer = self._new_optimizer()
-        self.phase, self.step = p + 1, 0
-        self.save(f"phase{p + 1}_{student_steps}steps.pt")
+        return metrics
 
 
 def distill(teacher: DiffusionModel, data: TensorData, cfg: DistillConfig, workdir: Path, **kwargs) -> DistillResult:

@@ -3,7 +3,9 @@
 Callers supply the loss as a closure; the loop owns the optimizer step, gradient clipping,
 the learning-rate schedule (warm-up, then constant or linear anneal to 0), the EMAs, the
 throttled loss logging (no host sync except at logging intervals), progress output and
-periodic checkpoints. A non-finite loss stops the loop with one clear error.
+periodic checkpoints. A non-finite loss stops the loop with one clear error. Under data
+parallelism (`placement`) the logged loss is the global batch's (averaged over the ranks at the
+logging intervals only); the caller gives the other ranks a silent callback and no checkpoints.
 """
 import logging
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .callbacks import Callback
+from .placement import Single
 
 
 log = logging.getLogger(__name__)
@@ -47,9 +50,11 @@ def lr_at(s: LoopSettings, step: int) -> float:
 
 def run_updates(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor],
                 settings: LoopSettings, start: int = 0, step_offset: int = 0, emas=(),
-                callback: Optional[Callback] = None, save_checkpoint: Optional[Callable[[int], None]] = None) -> None:
+                callback: Optional[Callback] = None, save_checkpoint: Optional[Callable[[int], None]] = None,
+                placement=None) -> None:
     """Updates `start`..settings.updates-1; `step_offset` makes logged steps global across phases."""
     callback = callback or Callback()
+    placement = placement or Single()
     model.train()
     running = torch.zeros((), device=next(model.parameters()).device)
     since_log = 0
@@ -69,7 +74,7 @@ def run_updates(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
         since_log += 1
         last = step + 1 == settings.updates
         if since_log == settings.log_every or last:
-            mean_loss = float(running) / since_log
+            mean_loss = float(placement.mean(running)) / since_log
             if not (torch.isfinite(torch.tensor(mean_loss)) and torch.isfinite(grad_norm)):
                 raise DivergenceError(f"non-finite loss or gradient in {settings.desc} at update {step + 1} "
                                       f"(loss={mean_loss}, grad_norm={float(grad_norm)})")

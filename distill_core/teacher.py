@@ -4,7 +4,8 @@ t from the family's training draw (VP: t ~ U[0, 1]; EDM: ln sigma ~ N(p_mean, p_
 z_t = alpha_t x + sigma_t eps, loss w(t) ||x_hat(z_t) - x||^2 with the family's parameterisation
 or preconditioning and the configured weighting; Adam with warm-up, gradient clipping and a
 bias-corrected EMA of the weights, which is the teacher that is returned. Deterministic on
-CPU for a given seed; resumable from its checkpoint.
+CPU for a given seed; resumable from its checkpoint. Under data parallelism (`placement`) every
+rank draws the global batch and trains on its slice; rank 0 reports and checkpoints.
 """
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from .data import TensorData
 from .diffusion import DiffusionModel
 from .ema import EMA
 from .loop import LoopSettings, run_updates
+from .placement import Single
 from .families import build as build_family
 from .weighting import check as check_weighting
 
@@ -39,6 +41,7 @@ class TeacherConfig:
     seed: int = 0
     checkpoint_every: int = 500
     compile: bool = False  # torch.compile the network call: a speed choice, not part of the teacher's identity
+    precision: str = "bf16"  # the network's precision on CUDA (bf16 autocast or fp32); no effect on the CPU
     family: dict = field(default_factory=lambda: {"family": "vp"})  # the noise family (`parameterization` joins it)
 
     def noise_family(self):
@@ -51,16 +54,19 @@ def denoising_loss(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, eps:
 
 
 def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callback] = None,
-                  checkpoint_path: Optional[Path] = None, device: str = "cpu", progress: bool = True) -> DiffusionModel:
+                  checkpoint_path: Optional[Path] = None, device: str = "cpu", progress: bool = True,
+                  placement=None) -> DiffusionModel:
     """Train (or resume training) a teacher; returns its EMA weights as a DiffusionModel."""
     check_weighting(cfg.weighting)
-    callback = callback or Callback()
+    placement = placement or Single()
+    callback = callback if callback is not None and placement.is_main else Callback()
+    progress = progress and placement.is_main
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = DiffusionModel(cfg.preset, data.shape, cfg.noise_family(),
                            network_overrides={"dropout": cfg.dropout},
                            info={"role": "teacher", "method": "teacher", "dataset": data.name,
-                                 "teacher_config": asdict(cfg)}).use_fast_paths(device, cfg.compile)
+                                 "teacher_config": asdict(cfg)}).use_fast_paths(device, cfg.compile, cfg.precision)
     ema = EMA(model, cfg.ema)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  fused=str(device).startswith("cuda"))
@@ -74,24 +80,28 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
         start = state["step"]
 
     def save(step: int) -> None:
-        if checkpoint_path is None:
+        if checkpoint_path is None or not placement.is_main:
             return
         digest = save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                               "step": step, "rng": rng.capture(generator)}, checkpoint_path)
         callback.on_checkpoint(Path(checkpoint_path), digest, "teacher")
 
-    def loss_fn() -> torch.Tensor:
-        x = data.batch(cfg.batch_size, generator).to(device)
-        t = model.family.train_times(cfg.batch_size, generator).to(device)
-        eps = torch.randn(x.shape, generator=generator).to(device)
-        return denoising_loss(model, x, t, eps, cfg.weighting)
+    x_hat = placement.wrap(model)
+
+    def loss_fn() -> torch.Tensor:  # the global batch is drawn on every rank; each trains on its slice
+        x = placement.shard(data.batch(cfg.batch_size, generator)).to(device)
+        t = placement.shard(model.family.train_times(cfg.batch_size, generator)).to(device)
+        eps = placement.shard(torch.randn((cfg.batch_size, *data.shape), generator=generator)).to(device)
+        return model.family.loss(cfg.weighting, t, x_hat(model.family.noise(x, t, eps), t), x)
 
     settings = LoopSettings(updates=cfg.updates, lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip,
                             checkpoint_every=cfg.checkpoint_every, desc="teacher", metric_prefix="teacher",
                             progress=progress)
     if start < cfg.updates:
-        run_updates(model, optimizer, loss_fn, settings, start=start, emas=[ema], callback=callback, save_checkpoint=save)
+        run_updates(model, optimizer, loss_fn, settings, start=start, emas=[ema], callback=callback, save_checkpoint=save,
+                    placement=placement)
         save(cfg.updates)
+    placement.check_in_step("teacher EMA", ema)
     teacher = ema.module
     teacher.info = dict(model.info, updates=cfg.updates)
     return teacher.eval()

@@ -34,6 +34,7 @@ def distill_config(cfg: DictConfig) -> DistillConfig:
         raise ConfigError(f"distill.schedule must be a list of step counts such as [256, 16, 1]; got {values['schedule']!r}")
     values["seed"] = cfg.seed
     values["compile"] = cfg.compile
+    values["precision"] = cfg.precision
     dc = DistillConfig(**values)
     try:
         validate(dc)
@@ -58,7 +59,8 @@ def teacher_config(cfg: DictConfig) -> TeacherConfig:
     t = _plain(cfg.teacher)
     known = {f.name for f in fields(TeacherConfig)}
     tc = TeacherConfig(**{k: v for k, v in t.items() if k in known}, preset=cfg.model.preset,
-                       dropout=cfg.model.dropout, seed=cfg.seed, compile=cfg.compile, family=family_config(cfg))
+                       dropout=cfg.model.dropout, seed=cfg.seed, compile=cfg.compile, precision=cfg.precision,
+                       family=family_config(cfg))
     for key in ("updates", "batch_size"):
         if not isinstance(getattr(tc, key), int) or getattr(tc, key) < 1:
             raise ConfigError(f"teacher.{key} must be a positive integer; got {getattr(tc, key)!r}")
@@ -84,6 +86,7 @@ def check(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
     one_of("objective", cfg.objective, OBJECTIVES)
     one_of("device", cfg.device, ("auto", "cpu", "cuda"))
     one_of("compile", cfg.compile, (False, True))
+    one_of("precision", cfg.precision, ("bf16", "fp32"))
     if cfg.teacher.parameterization != cfg.distill.parameterization:
         raise ConfigError(f"teacher.parameterization ({cfg.teacher.parameterization}) must equal "
                           f"distill.parameterization ({cfg.distill.parameterization}): the student starts from the teacher")

@@ -4,7 +4,9 @@ Everything lands in one MLflow run (nested under the sweep's parent run in a mul
 params = the resolved config with dotted keys; tags = method, git commit, overrides, sweep id;
 metrics = throttled training loss, and per phase the gap (and FID/KID) at step = the phase's
 step count; artifacts = resolved config, phase checkpoints, sample grids; the student is
-logged and registered with its tags. Returns the objective for the sweeper.
+logged and registered with its tags. Returns the objective for the sweeper. With `devices=N`
+(or as several cluster tasks) the trainings run on data-parallel ranks (`sweeps.distributed`);
+everything else stays in this process.
 """
 import hashlib
 import json
@@ -57,15 +59,30 @@ def run_job(cfg: DictConfig) -> float:
     except ConfigError as e:
         fail(str(e))
     device = resolve_device(cfg.device)
+    from . import distributed
+    problem = distributed.check(cfg, device)
+    if problem:
+        fail(problem)
+    ranks = distributed.Ranks(cfg.devices, device)
+    try:
+        if ranks.follower:  # a cluster task of rank > 0: trains what task 0 sends, reports nothing
+            ranks.follow()
+            return float("nan")
+        return _run(cfg, tc, dc, device, ranks)
+    finally:
+        ranks.close()
 
+
+def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
+    from .redaction import redact
     import mlflow
     import torch
 
     from distill_core import data as core_data
-    from distill_core.distill import Distiller
     from distill_core.loop import DivergenceError
 
     from . import registry, tracking
+    from .distributed import Reporter, WorkerError, distill_task
     from .teachers import TeacherError, family_of, get_teacher, resolve_uri
 
     try:
@@ -94,7 +111,7 @@ def run_job(cfg: DictConfig) -> float:
                  f"diffusion={cfg.diffusion.family} (use diffusion={family_of(source)}, or a "
                  f"{cfg.diffusion.family} teacher)")
         try:  # download and check it now: a tampered or missing weights file fails before any run exists
-            preloaded = (registry.load(f"models:/{source.name}/{source.version}", device,
+            preloaded = (registry.load(f"models:/{source.name}/{source.version}", ranks.host_device,
                                        allow_pickle=cfg.registry.pickle), f"{source.name}/{source.version}")
         except registry.RegistryError as e:
             fail(f"teacher.source: {e}")
@@ -135,40 +152,33 @@ def run_job(cfg: DictConfig) -> float:
             resolved.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
             mlflow.log_artifact(str(resolved))
         data_cfg = {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root}
-        train_data = data.to(device)  # resident on the GPU: batches never cross from the host
         if job.get("teacher_version"):  # a resumed job keeps the teacher it started with
             teacher_version = job.get("teacher_version")
-            teacher = registry.load(f"models:/{teacher_version}", device, allow_pickle=cfg.registry.pickle)
+            teacher = registry.load(f"models:/{teacher_version}", ranks.host_device, allow_pickle=cfg.registry.pickle)
         else:
             try:
-                teacher, teacher_version = preloaded or get_teacher(cfg, tc, train_data, data_cfg, device, run_id)
+                teacher, teacher_version = preloaded or get_teacher(cfg, tc, data, data_cfg, ranks, run_id)
             except registry.RegistryError as e:  # a reused teacher whose weights fail their check
                 mlflow.set_tag("failure", str(e))
                 job.update(status="FAILED")
                 mlflow.end_run("FAILED")
                 fail(str(e))
+            except WorkerError as e:  # a rank of the teacher's training failed: the teacher run says so
+                failed(mlflow, job, e)
             job.update(teacher_version=teacher_version)
             mlflow.set_tag("teacher_version", teacher_version)
         if teacher.info.get("role") != "student":  # a distilled student teaches with its own jump
             # the sampler is this job's choice, not the teacher's (a reused teacher keeps its training)
             teacher.family = teacher.family.replace(sampler=tc.family["sampler"])
 
-        from .evaluation import phase_metrics
-        callback = tracking.MlflowCallback(run_id, synchronous=not cfg.tracking.async_logging,
-                                           extra_metrics=phase_metrics(cfg, data, device, teacher, dc.schedule[0]),
-                                           logged=tracking.logged_steps(run_id) if resume_id else None)
+        reporter = Reporter(mlflow.get_tracking_uri(), run_id, synchronous=not cfg.tracking.async_logging,
+                            logged=tracking.logged_steps(run_id) if resume_id else None, eval_cfg=cfg)
         eval_noise = torch.randn((cfg.eval.gap_samples, *teacher.data_shape),
                                  generator=torch.Generator().manual_seed(cfg.seed + 1))
-        distiller = Distiller(teacher, train_data, dc, job.dir, callback=callback, device=device, eval_noise=eval_noise)
         try:
-            result = distiller.run()
-        except DivergenceError as e:
-            tracking.flush()
-            mlflow.set_tag("failure", str(e))
-            job.update(status="FAILED")
-            mlflow.end_run("FAILED")
-            log.error("%s", e)
-            raise
+            result = ranks.run(distill_task, teacher, data, dc, job.dir, reporter, eval_noise)
+        except (DivergenceError, WorkerError) as e:
+            failed(mlflow, job, e)
         tracking.flush()
         last = result.phases[-1]
         student = result.model
@@ -189,6 +199,22 @@ def run_job(cfg: DictConfig) -> float:
         mlflow.log_metric("objective", float(value), step=len(result.phases))
         job.update(status="FINISHED")
         return float(value)
+
+
+def failed(mlflow, job, error: Exception) -> None:
+    """A training that failed at run time: the run ends FAILED with the reason as its `failure` tag
+    and the error goes on to the sweeper. A diverged loss fails the job for good; a rank that died
+    (a killed worker, a lost node) leaves it resumable: the rerun continues in the same run from the
+    last checkpoint."""
+    from . import tracking
+    from .distributed import WorkerError
+    tracking.flush()
+    mlflow.set_tag("failure", str(error))
+    if not isinstance(error, WorkerError):
+        job.update(status="FAILED")
+    mlflow.end_run("FAILED")
+    log.error("%s", error)
+    raise error
 
 
 def job_key(cfg: DictConfig) -> str:

@@ -17,10 +17,10 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from distill_core.teacher import TeacherConfig, train_teacher
+from distill_core.teacher import TeacherConfig
 
 from . import registry
-from .tracking import MlflowCallback
+from .distributed import Reporter, teacher_task
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,10 @@ class TeacherError(RuntimeError):
 
 
 def teacher_key(tc: TeacherConfig, data_cfg: dict) -> str:
-    """The noise family is part of the key, except the sampler (a sampling choice, applied at load).
+    """The noise family is part of the key, except the sampler (a sampling choice, applied at load);
+    speed choices (compile, precision) are not.
     VP keys are those from before families existed, so stores keep reusing their VP teachers."""
-    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile", "family")},
+    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile", "precision", "family")},
             "data": data_cfg}
     family = {k: v for k, v in tc.family.items() if k != "sampler"}
     if family != {"family": "vp"}:
@@ -81,8 +82,10 @@ def resolve_uri(uri: str):
                            f"(expected models:/NAME@ALIAS or models:/NAME/VERSION of an existing version)") from None
 
 
-def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, device: str, run_id: str):
-    """Returns (teacher model, 'NAME/VERSION' it was registered as)."""
+def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, ranks, run_id: str):
+    """Returns (teacher model, 'NAME/VERSION' it was registered as); a teacher is trained on the
+    job's ranks (`sweeps.distributed.Ranks`)."""
+    device = ranks.host_device
     source = str(cfg.teacher.source)
     if source.startswith("models:/"):
         version = resolve_uri(source)
@@ -108,8 +111,12 @@ def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, device: str, run_i
             mlflow.log_params({f"teacher.{k}": v for k, v in asdict(tc).items() if k != "family"})
             mlflow.log_params({f"diffusion.{k}": v for k, v in tc.family.items()})
             mlflow.log_params({f"data.{k}": v for k, v in data_cfg.items()})
-            teacher = train_teacher(data, tc, callback=MlflowCallback(run.info.run_id),
-                                    checkpoint_path=cache / "teachers" / key / "train_state.pt", device=device)
+            try:
+                teacher = ranks.run(teacher_task, data, tc, Reporter(mlflow.get_tracking_uri(), run.info.run_id),
+                                    cache / "teachers" / key / "train_state.pt")
+            except Exception as e:  # the teacher's run ends FAILED with the reason (the `with` ends it)
+                mlflow.set_tag("failure", str(e))
+                raise
             teacher.info["teacher_key"] = key
             version = registry.log_and_register(teacher, "teacher", name, {"teacher_key": key, "role": "teacher",
                                                 "dataset": data.name, "preset": tc.preset,

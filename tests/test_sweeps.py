@@ -171,6 +171,12 @@ BAD_INPUTS = [
     ("diffusion=edm diffusion.teacher_sampler=dpm", "diffusion.teacher_sampler must be one of heun, euler, ddim; got 'dpm'"),
     ("diffusion.teacher_sampler=heun", "diffusion.teacher_sampler must be ddim with diffusion=vp; got 'heun'"),
     ("diffusion=edm distill.parameterization=v", "distill.parameterization must be edm with diffusion=edm"),
+    ("devices=0", "devices must be a positive integer; got 0"),
+    ("devices=1.5", "devices must be a positive integer; got 1.5"),
+    ("devices=3", "distill.batch_size=16 does not split over devices x nodes = 3 x 1 = 3 ranks"),
+    ("devices=2 teacher.batch_size=33", "teacher.batch_size=33 does not split over devices x nodes = 2 x 1 = 2 ranks"),
+    ("nodes=2", "nodes=2 needs a cluster launcher that starts one task per rank on each node"),
+    ("precision=fp16", "precision must be one of bf16, fp32; got 'fp16'"),
 ]
 
 

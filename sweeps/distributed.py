@@ -1,0 +1,302 @@
+"""Data-parallel jobs (`devices=N`, `nodes=M`): the ranks, who launches them, who reports.
+
+The job process (Hydra's job, under any launcher or sweeper) does all but the training: config
+checks, its MLflow run, the teacher lookup, registration. Each training (a teacher, a distillation)
+is a *task*, `fn(placement, device, *args)`, which `Ranks.run` executes:
+- `devices=1`: in the job process itself (the single-device path, unchanged);
+- `devices=N` in one job process: N workers started by torch's elastic launcher
+  (`torch.distributed.launcher`, c10d rendezvous on 127.0.0.1; gloo on CPU, NCCL on CUDA);
+- the job running as several SLURM (or submitit-local) tasks, one per rank: the process group is
+  initialised once from the cluster's environment (submitit's `TorchDistributedEnvironment`); task 0
+  is the job process and sends each task, with its arguments, to the other tasks, which run it too.
+Rank 0 reports into the job's MLflow run on the job's behalf (a picklable `Reporter` builds the
+callback where it runs), checkpoints and evaluates; its result comes back to the job process. A
+worker that fails ends the launch with one line naming the rank and the error; collectives time out
+(`distill_core.placement.COLLECTIVE_TIMEOUT`) instead of hanging.
+"""
+import logging
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from distill_core.loop import DivergenceError
+from distill_core.placement import COLLECTIVE_TIMEOUT, DataParallel, Single
+
+log = logging.getLogger(__name__)
+
+
+class WorkerError(RuntimeError):
+    """A rank failed (one line: which rank, what)."""
+
+
+def cluster_tasks() -> Optional[Any]:
+    """submitit's JobEnvironment when this process is one of several tasks of a submitit job."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    import submitit
+    env = submitit.JobEnvironment()
+    return env if env.num_tasks > 1 else None
+
+
+def check(cfg, device: str) -> Optional[str]:
+    """The `devices`/`nodes` keys against the batch sizes, the GPUs and the launcher: one line or None."""
+    devices, nodes = cfg.devices, cfg.nodes
+    for key, value in (("devices", devices), ("nodes", nodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"{key} must be a positive integer; got {value!r}"
+    ranks = devices * nodes
+    for key in ("distill.batch_size", "teacher.batch_size"):
+        batch = cfg.distill.batch_size if key.startswith("distill") else cfg.teacher.batch_size
+        if isinstance(batch, int) and batch % ranks:
+            return (f"{key}={batch} does not split over devices x nodes = {devices} x {nodes} = {ranks} ranks; "
+                    f"use a multiple of {ranks}")
+    tasks = cluster_tasks()
+    if tasks is not None:
+        if tasks.num_tasks != ranks:
+            return (f"devices x nodes = {devices} x {nodes} = {ranks} ranks, but the job runs as {tasks.num_tasks} "
+                    f"tasks; set hydra.launcher.tasks_per_node=devices and hydra.launcher.nodes=nodes "
+                    f"(the slurm preset does)")
+        if device == "cuda" and torch.cuda.device_count() < tasks.num_tasks // tasks.num_nodes:
+            return (f"devices={devices}: {tasks.num_tasks // tasks.num_nodes} tasks per node but "
+                    f"{torch.cuda.device_count()} visible GPU(s)")
+        return None
+    if nodes > 1:
+        return (f"nodes={nodes} needs a cluster launcher that starts one task per rank on each node "
+                f"(hydra/launcher=slurm); this job runs as a single process")
+    if device == "cuda" and devices > torch.cuda.device_count():
+        return f"devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible; use devices<={torch.cuda.device_count()}"
+    return None
+
+
+@dataclass
+class Reporter:
+    """What rank 0 needs to report into an MLflow run; picklable, the callback is built where it runs."""
+    tracking_uri: str
+    run_id: str
+    synchronous: bool = False
+    logged: Optional[dict] = None
+    eval_cfg: Any = None  # the job config, for the phase metrics beyond the gap (pixel FD, FID/KID)
+
+    def callback(self, data=None, device="cpu", teacher=None, base_steps=None):
+        import mlflow
+
+        from . import tracking
+        from .evaluation import phase_metrics
+        if mlflow.get_tracking_uri() != self.tracking_uri:
+            mlflow.set_tracking_uri(self.tracking_uri)
+        extra = phase_metrics(self.eval_cfg, data, device, teacher, base_steps) if self.eval_cfg is not None else None
+        return tracking.MlflowCallback(self.run_id, synchronous=self.synchronous, extra_metrics=extra,
+                                       logged=self.logged)
+
+
+# --- the two tasks: module-level functions, so that spawned workers import them by name ---
+def teacher_task(placement, device, data, tc, reporter: Optional[Reporter], checkpoint_path):
+    from distill_core.teacher import train_teacher
+    callback = reporter.callback() if reporter is not None and placement.is_main else None
+    return train_teacher(data.to(device), tc, callback=callback, checkpoint_path=checkpoint_path, device=device,
+                         placement=placement)
+
+
+def distill_task(placement, device, teacher, data, dc, workdir, reporter: Optional[Reporter], eval_noise):
+    from distill_core.distill import Distiller
+    callback = None
+    if reporter is not None and placement.is_main:
+        callback = reporter.callback(data, device, teacher, dc.schedule[0])
+    return Distiller(teacher, data.to(device), dc, workdir, callback=callback, device=device, eval_noise=eval_noise,
+                     placement=placement).run()
+
+
+@dataclass
+class _Failure:
+    """An expected failure on the ranks (a diverged loss), re-raised as itself in the job process."""
+    kind: str
+    message: str
+
+
+def _cpu(result):
+    if isinstance(result, torch.nn.Module):
+        return result.cpu()
+    if hasattr(result, "model"):
+        result.model = result.model.cpu()
+    return result
+
+
+def _rank_device(kind: str, local_rank: int) -> str:
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        return f"cuda:{local_rank}"
+    return "cpu"
+
+
+def _run_on_rank(fn, device: str, args):
+    placement = DataParallel(device)
+    try:
+        result = fn(placement, device, *args)
+    except DivergenceError as e:  # every rank sees the same averaged loss: a clean, shared failure
+        return _Failure("divergence", str(e))
+    if placement.is_main:
+        from . import tracking
+        tracking.flush()
+        return _cpu(result)
+    return None
+
+
+@record  # the failing rank's error reaches the launcher (and our one line)
+def _elastic_worker(fn, kind: str, threads: int, args):
+    """One rank started by the elastic launcher (env: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
+    import torch.distributed as dist
+    _die_with_parent()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if kind == "cpu":
+        torch.set_num_threads(threads)  # N processes share the cores instead of oversubscribing them
+    device = _rank_device(kind, local_rank)
+    if int(os.environ["RANK"]) == 0:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][rank 0][%(name)s] %(message)s", stream=sys.stderr)
+    dist.init_process_group("nccl" if kind == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    try:
+        return _run_on_rank(fn, device, args)
+    except Exception as e:
+        if _secondary(str(e)):  # a peer died: let the launcher see that rank's failure first
+            time.sleep(3)
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _die_with_parent() -> None:
+    """A killed job takes its workers with it (Linux): no orphan rank goes on writing checkpoints."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _secondary(message: str) -> bool:
+    """An error that only says another rank went away."""
+    return any(s in message for s in ("Connection reset by peer", "Connection closed by peer", "Broken pipe"))
+
+
+def _failure_line(devices: int, error) -> str:
+    failures = getattr(error, "failures", {}) or {}
+    if not failures:
+        return f"devices={devices}: the workers failed ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+    def text_of(failure):
+        message = failure.message
+        return str(message.get("message", "") if isinstance(message, dict) else message)
+
+    # the cause, not its echo: a rank that failed first, and not because a peer's connection dropped
+    ranked = sorted(failures.items(), key=lambda kv: (_secondary(text_of(kv[1])),
+                                                      kv[1].timestamp or 0, kv[0]))
+    rank, failure = ranked[0]
+    text = text_of(failure).strip().splitlines()
+    what = text[-1] if text else ""
+    if not what or what.startswith("To enable traceback") or "Signal" in what or failure.exitcode < 0:
+        what = f"exited with code {failure.exitcode}" + (f" ({what})" if what else "")
+    return f"devices={devices}: rank {rank} failed: {what[:300]}"
+
+
+class Ranks:
+    """Runs the job's trainings on its ranks (see the module docstring)."""
+
+    def __init__(self, devices: int, device: str):
+        self.devices, self.kind = devices, "cuda" if str(device).startswith("cuda") else "cpu"
+        self.tasks = cluster_tasks()
+        self.group = None  # the control group of a multi-task job (gloo: carries pickled tasks)
+        if self.tasks is not None:
+            self._init_from_cluster()
+
+    @property
+    def follower(self) -> bool:
+        return self.tasks is not None and self.tasks.global_rank != 0
+
+    @property
+    def host_device(self) -> str:
+        """Where the job process keeps models between trainings (CPU when workers train elsewhere)."""
+        return "cpu" if self.devices > 1 and self.tasks is None else self.kind
+
+    def _init_from_cluster(self) -> None:
+        import submitit
+        import torch.distributed as dist
+        env = submitit.helpers.TorchDistributedEnvironment()
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+            env.master_addr = "127.0.0.1"
+        env.export(set_cuda_visible_devices=self.kind == "cuda", overwrite=True)
+        dist.init_process_group("nccl" if self.kind == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+        self.group = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+        if self.kind == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+
+    def run(self, fn, *args):
+        if self.tasks is not None:
+            return self._run_tasks(fn, args)
+        if self.devices == 1:
+            return fn(Single(), self.kind, *args)
+        return self._run_elastic(fn, args)
+
+    def _run_elastic(self, fn, args):
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=self.devices, run_id=uuid.uuid4().hex[:12],
+                              rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.2,
+                              start_method="spawn")
+        threads = max(1, (os.cpu_count() or 1) // self.devices)
+        quiet = logging.getLogger("torch.distributed.elastic")
+        level, quiet.level = quiet.level, logging.CRITICAL  # our one line replaces its tracebacks
+        log.info("training on %d ranks (%s)", self.devices, "NCCL" if self.kind == "cuda" else "gloo")
+        try:
+            results = elastic_launch(config, _elastic_worker)(fn, self.kind, threads, args)
+        except ChildFailedError as e:
+            raise WorkerError(_failure_line(self.devices, e)) from None
+        finally:
+            quiet.setLevel(level)
+        return self._result(results[0])
+
+    @staticmethod
+    def _result(result):
+        if isinstance(result, _Failure):
+            raise DivergenceError(result.message)
+        return result
+
+    # --- several submitit tasks, one per rank ---
+    def _broadcast(self, item):
+        import torch.distributed as dist
+        box = [item]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def _run_tasks(self, fn, args):
+        self._broadcast((fn, args))
+        return self._result(_run_on_rank(fn, self._device(), args))
+
+    def _device(self) -> str:
+        return _rank_device(self.kind, 0) if self.kind == "cuda" else "cpu"  # one visible GPU per task
+
+    def follow(self) -> None:
+        """A follower task: run what task 0 sends until it says stop."""
+        import torch.distributed as dist
+        log.info("rank %d of %d: following task 0", dist.get_rank(), dist.get_world_size())
+        while True:
+            item = self._broadcast(None)
+            if item is None:
+                break
+            fn, args = item
+            _run_on_rank(fn, self._device(), args)
+
+    def close(self) -> None:
+        """Task 0 tells the followers to stop (also when the job fails), then everyone leaves the group."""
+        if self.tasks is None:
+            return
+        import torch.distributed as dist
+        try:
+            if not self.follower:
+                self._broadcast(None)
+        finally:
+            dist.destroy_process_group()
