@@ -142,6 +142,7 @@ class Distiller:
         self.ema_i = EMA(self.student, self.mu_i)
         self.optimizer = self._new_optimizer()
         self.results: list[PhaseResult] = []
+        self._x_hat = None  # the student's x_hat as trained (DDP's forward under data parallelism); set per phase
 
     def _new_student(self, source: DiffusionModel) -> DiffusionModel:
         student = copy.deepcopy(source).train().requires_grad_(True)
@@ -210,7 +211,8 @@ class Distiller:
             z_t = family.noise(x, t, eps)
             target = self.method.target(family, teacher_step, self_step if self_teacher else None, z_t, draw, base)
         z_t, target, t = z_t.clone(), target.clone(), t.clone()
-        loss = family.loss(cfg.weighting, t, self._x_hat(z_t, t), target)
+        x_hat = self._x_hat if self._x_hat is not None else self.student.x_hat
+        loss = family.loss(cfg.weighting, t, x_hat(z_t, t), target)
         if cfg.inject_nan_at is not None and self._global_step == cfg.inject_nan_at:
             loss = loss * float("nan")
         self._global_step += 1

@@ -6,7 +6,9 @@ step adds 2 frozen forwards), the DDIM sampler's overhead over bare forwards, ev
 sampling throughput, the step time with MLflow logging on vs off, the start-up time of
 `python -m sweeps.run --help`, and peak memory. `--diffusion edm` measures the EDM family (EDM
 teacher training; TRACT-VE and BTD-VE, whose Heun teacher step costs two frozen forwards).
-`--json` prints one JSON object last.
+`--devices N` measures data-parallel scaling instead: TRACT's step time and images/s on 1..N ranks at
+`--batch` per rank (gloo processes on the CPU, one GPU each on CUDA) and the scaling efficiency
+(images/s on n ranks over n times that on one). `--json` prints one JSON object last.
 """
 import argparse
 import json
@@ -221,6 +223,46 @@ def startup_time() -> float:
     return time.perf_counter() - t0
 
 
+def _scaling_task(placement, device, preset, shape, batch_per_rank, reps, diffusion, precision):
+    """TRACT updates on this rank's slice of a global batch of `batch_per_rank` x ranks (run on every rank)."""
+    torch.manual_seed(0)
+    family, _, weighting = FAMILY[diffusion]
+    data = synthetic_data(preset, shape).to(device)
+    teacher = DiffusionModel(preset, shape, build_family(family))
+    cfg = DistillConfig(method="tract", schedule=[32, 16], batch_size=batch_per_rank * placement.world_size,
+                        checkpoint_every=0, weighting=weighting, precision=precision, updates_per_phase=10 ** 6)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Distiller(teacher, data, cfg, Path(tmp), device=device, progress=False, placement=placement)
+        d._x_hat = placement.wrap(d.student)  # as `Distiller.run` does at each phase start
+
+        def updates(n):
+            placement.barrier()
+            sync(device)
+            t0 = time.perf_counter()
+            run_updates(d.student, d.optimizer, lambda: d.loss(32, 16), LoopSettings(updates=n, lr=1e-4, progress=False,
+                        log_every=25), emas=[d.self_teacher], placement=placement)
+            sync(device)
+            return (time.perf_counter() - t0) / n
+
+        updates(3)  # warm-up (and DDP's first-iteration bucket rebuild)
+        return min(updates(max(1, reps // 2)) for _ in range(2))
+
+
+def scaling(preset="unet_tiny", batch=128, reps=20, device="cpu", devices=2, diffusion="vp", precision="bf16") -> dict:
+    """Images/s and step time of TRACT on 1..`devices` ranks at `batch` per rank, and the efficiency."""
+    from sweeps.distributed import Ranks
+    name = DATA_FOR[preset]
+    shape = {"unet_tiny": (1, 8, 8), "unet_small": (1, 28, 28), "unet_cifar10": (3, 32, 32), "mlp": (2,)}[preset]
+    out = {"device": device if device == "cpu" else torch.cuda.get_device_name(), "preset": preset,
+           "batch_per_rank": batch, "diffusion": diffusion, "precision": precision, "data": name}
+    for n in range(1, devices + 1):
+        step = Ranks(n, device).run(_scaling_task, preset, shape, batch, reps, diffusion, precision)
+        out[f"ranks{n}_step_s"] = step
+        out[f"ranks{n}_images_per_s"] = batch * n / step
+        out[f"ranks{n}_efficiency"] = out[f"ranks{n}_images_per_s"] / (n * out["ranks1_images_per_s"])
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sweeps.bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -232,11 +274,19 @@ def main(argv=None) -> int:
     p.add_argument("--mlflow", action="store_true", help="also log the figures as an MLflow run (MLFLOW_TRACKING_URI)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network calls (as compile=true)")
     p.add_argument("--diffusion", default="vp", choices=sorted(FAMILY), help="the noise family (as diffusion=...)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="measure data-parallel scaling on 1..N ranks instead (batch is per rank)")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="the network precision on CUDA")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if a.batch < 1 or a.reps < 1:
         p.error("--batch and --reps must be positive")
-    out = bench(a.preset, a.batch, a.reps, a.device, a.steps, a.mlflow, a.data_root, a.compile, a.diffusion)
+    if a.devices is not None:
+        if a.devices < 1 or a.device == "cuda" and a.devices > torch.cuda.device_count():
+            p.error(f"--devices must be between 1 and the number of visible GPUs ({torch.cuda.device_count()}) on CUDA")
+        out = scaling(a.preset, a.batch, a.reps, a.device, a.devices, a.diffusion, a.precision)
+    else:
+        out = bench(a.preset, a.batch, a.reps, a.device, a.steps, a.mlflow, a.data_root, a.compile, a.diffusion)
     width = max(map(len, out))
     for k, v in out.items():
         print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")

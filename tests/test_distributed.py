@@ -144,3 +144,45 @@ def test_ranks_whose_weights_drift_apart_are_caught():
         Ranks(2, "cpu").run(drifting_task)
     assert "student weights differ between rank 0 and rank(s) [1]" in str(e.value)
     assert DriftError.__name__ in str(e.value)
+
+
+def test_the_slurm_preset_asks_for_one_task_and_one_gpu_per_rank(tmp_path):
+    from test_sweeps import compose
+    cfg = compose(["hydra/launcher=slurm", "devices=4", "nodes=2"], tmp_path)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_nodes_outside_a_cluster_and_devices_beyond_the_gpus_are_refused(tmp_path):
+    from sweeps.distributed import check
+    from test_sweeps import compose
+    cfg = compose(["nodes=2", "+debug=tiny"], tmp_path)
+    assert check(cfg, "cpu").startswith("nodes=2 needs a cluster launcher")
+    cfg = compose(["devices=64", "+debug=tiny", "distill.batch_size=64", "teacher.batch_size=64"], tmp_path)
+    assert check(cfg, "cpu") is None  # 64 gloo processes are allowed on the CPU
+    if torch.cuda.device_count() < 64:
+        assert check(cfg, "cuda") == (f"devices=64 but only {torch.cuda.device_count()} GPU(s) are visible; "
+                                      f"use devices<={torch.cuda.device_count()}")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@pytest.mark.cuda
+@cuda
+def test_bf16_networks_give_float32_targets_close_to_fp32_ones(digits):
+    """precision=bf16 autocasts the network calls only: the target arithmetic stays float32."""
+    from distill_core.diffusion import DiffusionModel
+    from distill_core.distill import Distiller
+    teacher = DiffusionModel("unet_tiny", digits.shape)
+    targets = {}
+    for precision in ("bf16", "fp32"):
+        cfg = DistillConfig(schedule=[64, 8], batch_size=64, precision=precision, checkpoint_every=0)
+        d = Distiller(teacher, digits.to("cuda"), cfg, "/tmp/unused", device="cuda", progress=False)
+        captured = {}
+        d.family.loss = lambda kind, t, x_hat, target: captured.setdefault("target", target) .sum() * 0
+        d.loss(64, 8)
+        targets[precision] = captured["target"]
+    assert targets["bf16"].dtype == targets["fp32"].dtype == torch.float32
+    error = float((targets["bf16"] - targets["fp32"]).norm() / targets["fp32"].norm())
+    assert 0 < error < 0.05, error

@@ -1,0 +1,127 @@
+"""`devices=2` jobs end to end (real subprocesses, gloo): the same registered student as `devices=1`, a
+killed job resumed to the same weights, and the same job under submitit-local, as two cluster tasks.
+
+The distillation lr is 3e-5 so that the reduction order (two half-batch means vs one full-batch mean)
+cannot flip Adam's first, sign-like updates by more than the tolerance (see test_distributed.py).
+"""
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sweeps import registry
+from test_reliability import env_for
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["+debug=tiny", "device=cpu", "distill.lr=3e-5", "distill.schedule=[8,4,2,1]", "distill.updates_per_phase=20",
+        "distill.checkpoint_every=5", "distill.log_every=5"]
+
+
+def sweeps_run(args, cwd, **kwargs):
+    return subprocess.run([sys.executable, "-m", "sweeps.run", *args], cwd=cwd, env=env_for(cwd), capture_output=True,
+                          text=True, timeout=900, **kwargs)
+
+
+def students(store):
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    return [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+            if r.data.tags.get("method")]
+
+
+def student_of(store, run):
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    version = MlflowClient().search_model_versions(f"name = 'distill-students' and run_id = '{run.info.run_id}'")[0]
+    return registry.load(f"models:/distill-students/{version.version}")
+
+
+def losses(store, run):
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    return [(m.step, m.value) for m in sorted(MlflowClient().get_metric_history(run.info.run_id, "distill/loss"),
+                                              key=lambda m: m.step)]
+
+
+def max_difference(a, b):
+    return max(float((x - y).abs().max()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A basic-launcher multirun `devices=2,1` (the devices=2 job trains the teacher, the other reuses it)."""
+    store = tmp_path_factory.mktemp("ddp")
+    proc = sweeps_run(["-m", "devices=2,1", *ARGS, f"hydra.sweep.dir={store}/multirun"], store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {int(r.data.params["devices"]): r for r in students(store)}
+    assert sorted(runs) == [1, 2] and all(r.info.status == "FINISHED" for r in runs.values())
+    return store, runs
+
+
+def test_devices_2_registers_the_student_that_devices_1_registers(pair):
+    store, runs = pair
+    one, two = student_of(store, runs[1]), student_of(store, runs[2])
+    assert max_difference(one, two) <= 1e-5
+    l1, l2 = losses(store, runs[1]), losses(store, runs[2])
+    assert [s for s, _ in l1] == [s for s, _ in l2] == list(range(5, 61, 5))
+    assert all(a == pytest.approx(b, abs=1e-5) for (_, a), (_, b) in zip(l1, l2))
+    assert runs[1].data.metrics["gap"] == pytest.approx(runs[2].data.metrics["gap"], abs=1e-4)
+    # one teacher, trained on two ranks by the first job; its losses were reported by rank 0
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    teachers = MlflowClient().search_model_versions("name = 'distill-teachers'")
+    assert len(teachers) == 1
+    assert runs[1].data.tags["teacher_version"] == runs[2].data.tags["teacher_version"]
+    teacher_run = MlflowClient().get_run(teachers[0].run_id)
+    assert "teacher/loss" in teacher_run.data.metrics and teacher_run.info.status == "FINISHED"
+
+
+def test_a_killed_devices_2_job_resumes_to_the_uninterrupted_weights(pair, tmp_path):
+    store, runs = pair
+    cmd = [sys.executable, "-m", "sweeps.run", "devices=2", *ARGS, "hydra.run.dir=outputs/job"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    phase1 = []
+    while not phase1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        phase1 = list(tmp_path.glob(".distill-sweeps/jobs/*/phase1_4steps.pt"))
+    latest = phase1[0].parent / "distill_latest.pt"
+    first = latest.stat().st_mtime_ns
+    while latest.stat().st_mtime_ns == first and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)  # the first mid-phase-2 checkpoint: kill the job (its workers die with it)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.5)
+    killed_at = latest.stat().st_mtime_ns
+    time.sleep(1.5)
+    assert latest.stat().st_mtime_ns == killed_at, "a worker outlived its job and went on writing checkpoints"
+
+    rerun = sweeps_run(["devices=2", *ARGS, "hydra.run.dir=outputs/job"], tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming run" in rerun.stdout + rerun.stderr
+    assert "resuming distillation at phase 2, update 5" in rerun.stderr  # rank 0, from the mid-phase checkpoint
+    [run] = students(tmp_path)
+    assert run.info.status == "FINISHED"
+    steps = [s for s, _ in losses(tmp_path, run)]
+    assert steps == sorted(set(steps)) == list(range(5, 61, 5))  # no step logged twice, none missing
+    assert max_difference(student_of(tmp_path, run), student_of(store, runs[2])) <= 1e-6
+
+
+def test_submitit_local_runs_devices_2_jobs_as_elastic_workers_and_as_two_tasks(pair):
+    store, runs = pair
+    reference = student_of(store, runs[2])
+    before = {r.info.run_id for r in students(store)}
+    for launcher in (["hydra.launcher.tasks_per_node=1"], ["hydra.launcher.tasks_per_node=2"]):
+        proc = sweeps_run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", *launcher,
+                           "devices=2", *ARGS, "distill.log_every=5,10", f"hydra.sweep.dir={store}/{launcher[0][-1]}"],
+                          store)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        new = [r for r in students(store) if r.info.run_id not in before]
+        before |= {r.info.run_id for r in new}
+        assert len(new) == 2 and all(r.info.status == "FINISHED" for r in new)  # one run per job, not per task
+        for run in new:
+            assert max_difference(student_of(store, run), reference) <= 1e-5
