@@ -125,3 +125,30 @@ def test_submitit_local_runs_devices_2_jobs_as_elastic_workers_and_as_two_tasks(
         assert len(new) == 2 and all(r.info.status == "FINISHED" for r in new)  # one run per job, not per task
         for run in new:
             assert max_difference(student_of(store, run), reference) <= 1e-5
+
+
+def test_a_killed_worker_fails_the_job_with_one_line_and_the_rerun_resumes_the_run(pair, tmp_path):
+    import psutil
+    store, runs = pair
+    cmd = [sys.executable, "-m", "sweeps.run", "devices=2", *ARGS, "hydra.run.dir=outputs/job"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(".distill-sweeps/jobs/*/phase1_4steps.pt")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 2, [c.cmdline() for c in psutil.Process(proc.pid).children()]
+    workers[-1].kill()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in (out + err).splitlines() if "devices=2: rank" in line]
+    assert lines and all("failed: exited with code -9" in line for line in lines), (out + err)[-3000:]
+    [run] = students(tmp_path)
+    assert run.info.status == "FAILED" and run.data.tags["failure"].startswith("devices=2: rank ")
+
+    rerun = sweeps_run(["devices=2", *ARGS, "hydra.run.dir=outputs/job"], tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    [resumed] = students(tmp_path)
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert max_difference(student_of(tmp_path, resumed), student_of(store, runs[2])) <= 1e-6
