@@ -64,6 +64,8 @@ class DiffusionModel(nn.Module):
         return self.config["data_shape"]
 
     def _net(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if z.dtype == torch.float64:  # double-precision arithmetic around a float32 network (target_precision)
+            return self._net(z.float(), cond.float()).double()
         call = compiled_call if getattr(self, "compiled", False) else plain_call
         if z.is_cuda and getattr(self, "amp", True):  # bf16 autocast for the network only, on CUDA
             if z.dim() == 4:  # channels_last: the fast convolution layout under bf16

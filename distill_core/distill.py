@@ -47,8 +47,11 @@ class DistillConfig:
     updates_per_phase: int = 300
     batch_size: int = 128
     lr: float = 3e-4
-    anneal_lr: bool = True
+    lr_schedule: str = "linear"  # linear: anneal to 0 over each phase (PD); constant (ml-tract)
     grad_clip: float = 1.0
+    loss_reduction: str = "mean"  # mean over pixels (PD) or sum (ml-tract: `.mean(0).sum()`); batch mean either way
+    ema_reset: str = "none"  # phase: the inference EMA's counter restarts at each hand-over (ml-tract --reset=phase)
+    target_precision: str = "float32"  # float64: the targets' arithmetic in double, as ml-tract (networks stay float32)
     clip_x: Optional[bool] = None  # None: the reference's choice (btd off, tract on)
     checkpoint_every: int = 100
     log_every: int = 25
@@ -56,6 +59,10 @@ class DistillConfig:
     inject_nan_at: Optional[int] = None  # testing knob: make the loss NaN at this global update
     compile: bool = False  # torch.compile the network calls (see DiffusionModel.use_fast_paths)
     precision: str = "bf16"  # the networks' precision on CUDA (bf16 autocast or fp32); targets stay float32
+
+
+CHOICES = {"lr_schedule": ("linear", "constant"), "loss_reduction": ("mean", "sum"), "ema_reset": ("none", "phase"),
+           "target_precision": ("float32", "float64")}
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -79,6 +86,9 @@ def validate(cfg: DistillConfig) -> None:
             raise ValueError(f"distill.{key} must be a positive integer; got {getattr(cfg, key)}")
     if not cfg.lr > 0:
         raise ValueError(f"distill.lr must be > 0; got {cfg.lr}")
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"distill.{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
     check_weighting(cfg.weighting)
 
 
@@ -208,11 +218,15 @@ class Distiller:
             draw = {k: shard(v).to(dev) if torch.is_tensor(v) else v for k, v in
                     self.method.draw(cfg.batch_size, base, teacher_steps, student_steps, g).items()}
             t = family.time(draw["t"], base)
+            if cfg.target_precision == "float64":  # the networks see float32 inputs (DiffusionModel._net)
+                x, eps, t = x.double(), eps.double(), t.double()
             z_t = family.noise(x, t, eps)
             target = self.method.target(family, teacher_step, self_step if self_teacher else None, z_t, draw, base)
-        z_t, target, t = z_t.clone(), target.clone(), t.clone()
+        z_t, target, t = z_t.float(), target.float(), t.float()  # (copies out of inference mode)
+        if cfg.target_precision == "float32":
+            z_t, target, t = z_t.clone(), target.clone(), t.clone()
         x_hat = self._x_hat if self._x_hat is not None else self.student.x_hat
-        loss = family.loss(cfg.weighting, t, x_hat(z_t, t), target)
+        loss = family.loss(cfg.weighting, t, x_hat(z_t, t), target, cfg.loss_reduction)
         if cfg.inject_nan_at is not None and self._global_step == cfg.inject_nan_at:
             loss = loss * float("nan")
         self._global_step += 1
@@ -237,7 +251,7 @@ class Distiller:
             log.info("phase %d/%d (%s): %d -> %d steps, %d updates", p + 1, n_phases, cfg.method,
                      teacher_steps, student_steps, cfg.updates_per_phase)
             self._global_step = p * cfg.updates_per_phase + self.step
-            settings = LoopSettings(updates=cfg.updates_per_phase, lr=cfg.lr, anneal=cfg.anneal_lr,
+            settings = LoopSettings(updates=cfg.updates_per_phase, lr=cfg.lr, anneal=cfg.lr_schedule == "linear",
                                     grad_clip=cfg.grad_clip, log_every=cfg.log_every,
                                     checkpoint_every=cfg.checkpoint_every, progress=self.progress,
                                     desc=f"{cfg.method} {teacher_steps}->{student_steps}", metric_prefix="distill")
@@ -273,6 +287,8 @@ class Distiller:
             self.student = self._new_student(self.teacher)
             self.ema_i = EMA(self.student, self.mu_i)
             self.optimizer = self._new_optimizer()
+        elif self.cfg.ema_reset == "phase":  # the next update copies the student (d_1 = 1)
+            self.ema_i.updates.zero_()
         self.phase, self.step = p + 1, 0
         self.save(f"phase{p + 1}_{student_steps}steps.pt")
 

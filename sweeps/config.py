@@ -48,6 +48,8 @@ def family_config(cfg: DictConfig) -> dict:
     `teacher_sampler` as the teacher's sampler (the distilled students sample with their own jump)."""
     d = dict(_plain(cfg.diffusion))
     spec = {"family": d.pop("family", "vp"), "sampler": d.pop("teacher_sampler", "ddim"), **d}
+    if spec["family"] != "vp":  # EDM's grid ends at sigma = 0 in both references: nothing to choose
+        spec.pop("t0", None)
     try:
         core_families.build({**spec, "parameterization": cfg.distill.parameterization})
     except ValueError as e:

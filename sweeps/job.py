@@ -169,7 +169,8 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
             mlflow.set_tag("teacher_version", teacher_version)
         if teacher.info.get("role") != "student":  # a distilled student teaches with its own jump
             # the sampler is this job's choice, not the teacher's (a reused teacher keeps its training)
-            teacher.family = teacher.family.replace(sampler=tc.family["sampler"])
+            teacher.family = teacher.family.replace(sampler=tc.family["sampler"],
+                                                    **({"t0": tc.family["t0"]} if "t0" in tc.family else {}))
 
         reporter = Reporter(mlflow.get_tracking_uri(), run_id, synchronous=not cfg.tracking.async_logging,
                             logged=tracking.logged_steps(run_id) if resume_id else None, eval_cfg=cfg)

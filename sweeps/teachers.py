@@ -30,12 +30,13 @@ class TeacherError(RuntimeError):
 
 
 def teacher_key(tc: TeacherConfig, data_cfg: dict) -> str:
-    """The noise family is part of the key, except the sampler (a sampling choice, applied at load);
+    """The noise family is part of the key, except the sampler (a sampling choice, applied at load) and
+    the t = 0 convention (training draws t ~ U(0, 1); both are applied at load);
     speed choices (compile, precision) are not.
     VP keys are those from before families existed, so stores keep reusing their VP teachers."""
     spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile", "precision", "family")},
             "data": data_cfg}
-    family = {k: v for k, v in tc.family.items() if k != "sampler"}
+    family = {k: v for k, v in tc.family.items() if k not in ("sampler", "t0")}  # (training never draws t = 0)
     if family != {"family": "vp"}:
         spec["diffusion"] = family
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

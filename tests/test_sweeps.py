@@ -177,6 +177,11 @@ BAD_INPUTS = [
     ("devices=2 teacher.batch_size=33", "teacher.batch_size=33 does not split over devices x nodes = 2 x 1 = 2 ranks"),
     ("nodes=2", "nodes=2 needs a cluster launcher that starts one task per rank on each node"),
     ("precision=fp16", "precision must be one of bf16, fp32; got 'fp16'"),
+    ("distill.loss_reduction=max", "distill.loss_reduction must be one of mean, sum; got 'max'"),
+    ("distill.lr_schedule=cosine", "distill.lr_schedule must be one of linear, constant; got 'cosine'"),
+    ("distill.ema_reset=step", "distill.ema_reset must be one of none, phase; got 'step'"),
+    ("distill.target_precision=float16", "distill.target_precision must be one of float32, float64; got 'float16'"),
+    ("+diffusion.t0=zero", "diffusion.t0 must be one of exact, clipped; got 'zero'"),
 ]
 
 

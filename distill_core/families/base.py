@@ -115,9 +115,12 @@ class NoiseFamily:
     def loss_weight(self, kind: str, t: torch.Tensor) -> torch.Tensor:
         return core_weighting.loss_weight(kind, self.logsnr(t), self.sigma_data)
 
-    def loss(self, kind: str, t: torch.Tensor, x_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Batch mean of w(t) * per-example mean squared x-error."""
-        err = (x_hat - target).pow(2).flatten(1).mean(1)
+    def loss(self, kind: str, t: torch.Tensor, x_hat: torch.Tensor, target: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
+        """Batch mean of w(t) * per-example squared x-error, averaged (`mean`) or summed (`sum`,
+        ml-tract's `.mean(0).sum()`) over the pixels."""
+        err = (x_hat - target).pow(2).flatten(1)
+        err = err.sum(1) if reduction == "sum" else err.mean(1)
         return (self.loss_weight(kind, t) * err).mean()
 
     def __repr__(self) -> str:

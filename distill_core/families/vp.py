@@ -16,7 +16,12 @@ class VP(NoiseFamily):
     name = "vp"
 
     def __init__(self, parameterization: str = "v", logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
-                 sampler: str = "ddim"):
+                 sampler: str = "ddim", t0: str = "exact"):
+        """`t0`: the data end t = 0 at (alpha, sigma) = (1, 0) exactly (`exact`, PD's sampler) or at the
+        clipped log-SNR logsnr_max like every other time (`clipped`, apple/ml-tract: lambda(0) = 20)."""
+        if t0 not in ("exact", "clipped"):
+            raise ValueError(f"diffusion.t0 must be one of exact, clipped; got {t0!r}")
+        self.t0 = t0
         if parameterization not in param.PARAMETERIZATIONS:
             raise ValueError(f"distill.parameterization must be one of {', '.join(param.PARAMETERIZATIONS)} "
                              f"with diffusion=vp; got {parameterization!r}")
@@ -27,8 +32,9 @@ class VP(NoiseFamily):
         self.parameterization, self.logsnr_min, self.logsnr_max = parameterization, float(logsnr_min), float(logsnr_max)
 
     def config(self) -> dict:
+        extra = {"t0": self.t0} if getattr(self, "t0", "exact") != "exact" else {}  # (configs saved before the key read as exact)
         return dict(family=self.name, parameterization=self.parameterization, logsnr_min=self.logsnr_min,
-                    logsnr_max=self.logsnr_max)
+                    logsnr_max=self.logsnr_max, **extra)
 
     @property
     def output_heads(self) -> int:
@@ -38,6 +44,8 @@ class VP(NoiseFamily):
         return logsnr_cosine(t, self.logsnr_min, self.logsnr_max)
 
     def alpha_sigma(self, t):
+        if getattr(self, "t0", "exact") == "clipped":  # (VP families pickled before the key: exact)
+            return alpha_sigma_from_logsnr(self.logsnr(t))
         return alpha_sigma(t, self.logsnr_min, self.logsnr_max)
 
     def time(self, index, grid):
