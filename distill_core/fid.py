@@ -143,8 +143,9 @@ def check_weights(path) -> Path:
         return path
     try:
         state = load_checked(path)
-    except CheckpointError as e:
-        raise WeightsError(f"eval.inception_weights: {e}") from None
+    except CheckpointError:
+        raise WeightsError(f"eval.inception_weights: {path} is not a torch weights file (unreadable or corrupt); "
+                           f"use torch-fidelity's weights-inception-2015-12-05-6726825d.pth or `{BUILD_HINT}`") from None
     if not isinstance(state, dict) or tensor_sha256(state) != CONVERTED_TENSOR_SHA256:
         raise WeightsError(f"eval.inception_weights: {path} is not a known FID Inception file (sha256 mismatch); "
                            f"use torch-fidelity's weights-inception-2015-12-05-6726825d.pth or `{BUILD_HINT}`")

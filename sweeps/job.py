@@ -89,6 +89,12 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
         data = core_data.load(cfg.data.name, cfg.data.split, cfg.data.root, seed=cfg.seed)
     except core_data.DataError as e:
         fail(str(e))
+    if cfg.eval.fid or cfg.eval.kid:  # a missing or foreign weights file fails now, not after the teacher
+        from distill_core import fid as core_fid
+        try:
+            core_fid.resolve_weights(cfg.eval.inception_weights)
+        except core_fid.WeightsError as e:
+            fail(str(e))
     try:
         exp_id = tracking.setup(cfg.tracking.uri, cfg.experiment_name)
     except tracking.AuthError as e:
@@ -165,6 +171,8 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
                 fail(str(e))
             except WorkerError as e:  # a rank of the teacher's training failed: the teacher run says so
                 failed(mlflow, job, e)
+            except torch.cuda.OutOfMemoryError:
+                failed(mlflow, job, OutOfMemory(out_of_memory_line(cfg, "teacher.batch_size", device)))
             job.update(teacher_version=teacher_version)
             mlflow.set_tag("teacher_version", teacher_version)
         if teacher.info.get("role") != "student":  # a distilled student teaches with its own jump
@@ -180,6 +188,8 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
             result = ranks.run(distill_task, teacher, data, dc, job.dir, reporter, eval_noise)
         except (DivergenceError, WorkerError) as e:
             failed(mlflow, job, e)
+        except torch.cuda.OutOfMemoryError:
+            failed(mlflow, job, OutOfMemory(out_of_memory_line(cfg, "distill.batch_size", device)))
         tracking.flush()
         last = result.phases[-1]
         student = result.model
@@ -200,6 +210,20 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
         mlflow.log_metric("objective", float(value), step=len(result.phases))
         job.update(status="FINISHED")
         return float(value)
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory: one line with the batch size and the device's memory."""
+
+
+def out_of_memory_line(cfg, key: str, device: str) -> str:
+    import torch
+    batch = cfg.distill.batch_size if key.startswith("distill") else cfg.teacher.batch_size
+    props = torch.cuda.get_device_properties(torch.device(device) if ":" in device else 0)
+    torch.cuda.empty_cache()
+    return (f"CUDA out of memory: {key}={batch} ({batch // (cfg.devices * cfg.nodes)} per rank) with model={cfg.model.preset} "
+            f"does not fit on {props.name} ({props.total_memory / 2 ** 30:.0f} GiB); lower {key} or spread it with "
+            f"devices=N")
 
 
 def failed(mlflow, job, error: Exception) -> None:

@@ -148,6 +148,8 @@ def test_an_edm_job_end_to_end_and_teachers_of_one_family_refused_by_the_other(s
     assert len(runs(store)) == before
 
 
+from conftest import REPO  # noqa: E402
+
 BAD_INPUTS = [
     ("distill.mu_s=1.5", "distill.mu_s must be in [0, 1); got 1.5"),
     ("distill.schedule=[256,30,1]", "30 does not divide 256"),
@@ -182,6 +184,8 @@ BAD_INPUTS = [
     ("distill.ema_reset=step", "distill.ema_reset must be one of none, phase; got 'step'"),
     ("distill.target_precision=float16", "distill.target_precision must be one of float32, float64; got 'float16'"),
     ("+diffusion.t0=zero", "diffusion.t0 must be one of exact, clipped; got 'zero'"),
+    ("eval.fid=true eval.inception_weights=/no/such/file", "eval.inception_weights: /no/such/file not found"),
+    (f"eval.kid=true eval.inception_weights={REPO}/pyproject.toml", "pyproject.toml is not a torch weights file"),
 ]
 
 
