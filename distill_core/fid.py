@@ -208,12 +208,25 @@ def default_num_samples(device: str) -> int:
     return 50_000 if device == "cuda" else 1000
 
 
+def extrapolate_fid(fid_full: float, fid_half: float, k: int, n: int = 50_000) -> float:
+    """apple/ml-tract's `approximate_fid` (lib/eval/fid.py): FID(m) ~ a + c / m through FID at k samples
+    and the median FID of half-size subsets, evaluated at n: fid + (fid_half - fid) (k / n - 1)."""
+    return fid_full + (fid_half - fid_full) * (k / n - 1)
+
+
 class Evaluator:
-    """FID/KID of a model at a step count against a fixed real reference set."""
+    """FID/KID of a model at a step count against a fixed real reference set, under a recorded protocol:
+    `seeds` independent sets of generated samples (FID: their min, as EDM and the distillation papers
+    report, and mean), and optionally each set's FID extrapolated to `extrapolate_to` samples."""
 
     def __init__(self, real_uint8: torch.Tensor, cache_name: str, fid: bool = True, kid: bool = True,
                  num_samples: Optional[int] = None, weights: Optional[str] = "offline", device: str = "cpu",
-                 seed: int = 0, batch_size: int = 64, cache_root: Optional[str] = None):
+                 seed: int = 0, batch_size: int = 64, cache_root: Optional[str] = None, seeds: int = 1,
+                 extrapolate: bool = False, extrapolate_to: int = 50_000):
+        if not isinstance(seeds, int) or seeds < 1:
+            raise ValueError(f"eval.fid_seeds must be a positive integer; got {seeds!r}")
+        self.seeds, self.extrapolate, self.extrapolate_to = seeds, extrapolate, extrapolate_to
+        self.reference_name = cache_name
         self.num_samples = num_samples or default_num_samples(device)
         n_ref = min(self.num_samples, len(real_uint8))
         order = torch.randperm(len(real_uint8), generator=torch.Generator().manual_seed(seed))[:n_ref]
@@ -224,25 +237,44 @@ class Evaluator:
         self.cache_name = f"{cache_name}-{EXTRACTOR}-{tag}-n{n_ref}-s{seed}"
         self.cache_root = cache_root
 
+    def protocol(self) -> dict:
+        """What makes two FIDs comparable, as tags: sample count, reference set and its hash, the
+        feature extractor's weights hash, seed sets, extrapolation."""
+        import hashlib
+        from .checkpoint import sha256
+        images = self.real.images.contiguous()
+        how = f"min and mean over {self.seeds} seed sets" if self.seeds > 1 else "1 seed set"
+        if self.extrapolate:
+            how += f"; extrapolated to {self.extrapolate_to} samples (ml-tract approximate_fid)"
+        return {"fid.num_samples": str(self.num_samples),
+                "fid.reference": f"{self.reference_name}: {len(self.real)} images (order seed {self.seed})",
+                "fid.reference_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16],
+                "fid.extractor": EXTRACTOR,
+                "fid.weights_sha256": sha256(self.weights)[:16] if self.weights else "torch-fidelity download",
+                "fid.protocol": how}
+
     @classmethod
     def from_config(cls, data, fid=True, kid=True, num_samples=None, weights="offline", device="cpu", seed=0, **kw):
         h, w = data.shape[-2:]
         return cls(data.uint8_images(), f"{data.name}-train-{h}x{w}", fid=fid, kid=kid, num_samples=num_samples,
                    weights=weights, device=device, seed=seed, **kw)
 
-    def metrics_of(self, input1) -> dict:
+    def metrics_of(self, input1, seed: Optional[int] = None) -> dict:
         import torch_fidelity
         n = self.num_samples
+        seed = self.seed if seed is None else seed
         kwargs = dict(input2=self.real, input2_cache_name=self.cache_name, fid=self.fid, kid=self.kid, isc=False,
                       cuda=self.device == "cuda", batch_size=self.batch_size, verbose=False,
                       feature_extractor=EXTRACTOR, feature_extractor_weights_path=self.weights,
                       # subsets of half the count, so KID's std over subsets means something at small n
-                      kid_subset_size=max(2, min(1000, n // 2, len(self.real) // 2)), rng_seed=self.seed,
+                      kid_subset_size=max(2, min(1000, n // 2, len(self.real) // 2)), rng_seed=seed,
                       save_cpu_ram=self.device != "cuda")  # no DataLoader worker processes on a CPU
         if self.cache_root:
             kwargs["cache_root"] = self.cache_root
         if not isinstance(input1, torch.utils.data.Dataset):
             kwargs["input1_model_num_samples"] = n
+        if self.extrapolate and self.fid:
+            return self._with_extrapolation(input1, kwargs, n, seed)
         raw = torch_fidelity.calculate_metrics(input1=input1, **kwargs)
         out = {}
         if self.fid:
@@ -252,8 +284,51 @@ class Evaluator:
         out["fid_num_samples"] = float(n)  # FID is biased at small counts: always record the count
         return out
 
+    def _with_extrapolation(self, input1, kwargs: dict, n: int, seed: int) -> dict:
+        """FID from one pass of features: the full set, the median of 5 random half subsets, and the
+        extrapolation (torch-fidelity's own feature, statistics and distance functions)."""
+        import numpy as np
+        from torch_fidelity import metric_fid, metric_kid, utils
+        kwargs = dict(kwargs, input1=input1)
+        layer = utils.resolve_feature_layer_for_metric("fid", **kwargs)
+        kid_layer = utils.resolve_feature_layer_for_metric("kid", **kwargs)
+        extractor = utils.create_feature_extractor(utils.resolve_feature_extractor(**kwargs),
+                                                   sorted({layer, kid_layer}), **kwargs)
+        fake_dict = utils.extract_featuresdict_from_input_id(1, extractor, **kwargs)  # one pass of the samples
+        real = metric_fid.fid_input_id_to_statistics_cached(2, extractor, layer, **kwargs)
+
+        def fid_of(features):
+            stats = metric_fid.fid_features_to_statistics(features)
+            return float(metric_fid.fid_statistics_to_metric(real, stats, False)[metric_fid.KEY_METRIC_FID])
+
+        fake = fake_dict[layer]
+        k = fake.shape[0]
+        rng = np.random.default_rng(seed)
+        full = fid_of(fake)
+        half = float(np.median([fid_of(fake[torch.from_numpy(rng.choice(k, k // 2, replace=False))])
+                                for _ in range(5)]))
+        out = {"fid": full, "fid_half_median": half,
+               f"fid_{self.extrapolate_to // 1000}k_extrapolated": extrapolate_fid(full, half, k, self.extrapolate_to),
+               "fid_num_samples": float(n)}
+        if self.kid:
+            real_dict = utils.extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+            raw = metric_kid.kid_featuresdict_to_metric(fake_dict, real_dict, kid_layer, **kwargs)
+            out["kid"], out["kid_std"] = raw[metric_kid.KEY_METRIC_KID_MEAN], raw[metric_kid.KEY_METRIC_KID_STD]
+        return out
+
     def __call__(self, model, steps: int) -> dict:
-        return self.metrics_of(sampler_generator(model, steps, self.batch_size))
+        sets = [self.metrics_of(sampler_generator(model, steps, self.batch_size), seed=self.seed + k)
+                for k in range(self.seeds)]
+        if self.seeds == 1:
+            return sets[0]
+        out = {"fid_num_samples": sets[0]["fid_num_samples"], "fid_seeds": float(self.seeds)}
+        for key in [k for k in sets[0] if k not in ("fid_num_samples", "kid_std")]:
+            values = [s[key] for s in sets]
+            out[key] = min(values) if key.startswith("fid") else sum(values) / len(values)
+            out[f"{key}_mean"] = sum(values) / len(values)
+            if key.startswith("fid"):
+                out[f"{key}_min"] = min(values)
+        return out
 
 
 def main(argv=None) -> int:

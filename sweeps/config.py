@@ -105,6 +105,10 @@ def check(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
     gammas = list(cfg.eval.ancestral_gammas)
     if not gammas or any(not isinstance(g, (int, float)) or not 0 <= g <= 1 for g in gammas):
         raise ConfigError(f"eval.ancestral_gammas must be a non-empty list of numbers in [0, 1]; got {gammas!r}")
+    k = cfg.eval.fid_seeds
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"eval.fid_seeds must be a positive integer; got {k!r}")
+    one_of("eval.fid_extrapolate", cfg.eval.fid_extrapolate, (False, True))
     n = cfg.eval.num_samples
     if n is not None and (not isinstance(n, int) or n < 2):
         raise ConfigError(f"eval.num_samples must be an integer >= 2 or null; got {n!r}")

@@ -91,6 +91,9 @@ class Reporter:
         if mlflow.get_tracking_uri() != self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)
         extra = phase_metrics(self.eval_cfg, data, device, teacher, base_steps) if self.eval_cfg is not None else None
+        client = mlflow.tracking.MlflowClient()
+        for key, value in (getattr(extra, "tags", None) or {}).items():  # the FID protocol, on the run
+            client.set_tag(self.run_id, key, value)
         return tracking.MlflowCallback(self.run_id, synchronous=self.synchronous, extra_metrics=extra,
                                        logged=self.logged)
 

@@ -34,8 +34,12 @@ def phase_metrics(cfg, data, device, teacher=None, base_steps=None):
     if ev.fid or ev.kid:
         from distill_core import fid as core_fid
         evaluator = core_fid.Evaluator.from_config(data, fid=ev.fid, kid=ev.kid, num_samples=ev.num_samples,
-                                                   weights=ev.inception_weights, device=device, seed=cfg.seed)
+                                                   weights=ev.inception_weights, device=device, seed=cfg.seed,
+                                                   seeds=ev.fid_seeds, extrapolate=ev.fid_extrapolate)
         parts.append(lambda phase, steps, model: evaluator(model, steps))
+        tags = evaluator.protocol()
+    else:
+        tags = {}
     if not parts:
         return None
 
@@ -44,4 +48,5 @@ def phase_metrics(cfg, data, device, teacher=None, base_steps=None):
         for part in parts:
             metrics.update(part(phase, steps, model))
         return metrics
+    evaluate.tags = tags  # the FID protocol, recorded on the run
     return evaluate

@@ -103,8 +103,18 @@ def collect(name: str) -> list[dict]:
         phases = {int(steps[i]): {m: h[i] for m, h in history.items() if i in h} for i in sorted(steps)}
         out.append({"key": key, "final": dict(r.data.metrics), "phases": phases,
                     "teacher": r.data.tags.get("teacher_version"),
-                    "sampler": r.data.params.get("diffusion.teacher_sampler", "ddim")})
+                    "sampler": r.data.params.get("diffusion.teacher_sampler", "ddim"),
+                    "fid_protocol": fid_protocol(r.data.tags)})
     return out
+
+
+def fid_protocol(tags: dict):
+    """How a run's FID was measured (None without a FID): sample count, reference, seed sets, extrapolation."""
+    if "fid.num_samples" not in tags:
+        return None
+    return (f"{tags['fid.num_samples']} samples vs {tags.get('fid.reference', '?')} "
+            f"(sha256 {tags.get('fid.reference_sha256', '?')}), {tags.get('fid.extractor', '?')} weights "
+            f"{tags.get('fid.weights_sha256', '?')}, {tags.get('fid.protocol', '?')}")
 
 
 def group(runs: list[dict], metrics) -> dict:
@@ -213,6 +223,8 @@ def write(name: str, header, body, lines: list[str], runs: list[dict], out: Path
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in body]
     md += [""] + [f"- {line}" for line in lines]
+    protocols = sorted({r["fid_protocol"] for r in runs if r.get("fid_protocol")})
+    md += [f"- FID protocol{'s (not comparable with each other)' if len(protocols) > 1 else ''}: {p}" for p in protocols]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     with open(out / f"{name}.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *body])

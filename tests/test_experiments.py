@@ -41,7 +41,7 @@ def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
     sweep = subprocess.run([sys.executable, "-m", "sweeps.run", "-m", "+experiment=tract_mu_s", "+debug=tiny",
-                            "distill.mu_s=0.5,0.9", f"hydra.sweep.dir={tmp_path}/sweep"],
+                            "distill.mu_s=0.5,0.9", "eval.kid=true", f"hydra.sweep.dir={tmp_path}/sweep"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     report = subprocess.run([sys.executable, "-m", "sweeps.report", "tract_mu_s", "--out", str(tmp_path / "reports")],
@@ -56,6 +56,8 @@ def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
     for empty in ("0.0", "0.99"):
         assert rows[empty][:2] == ["0", "missing"]
     assert rows["0.5"][-1] == "5.24" and rows["0.99"][-1] == "7.61"  # the paper's column
+    text = (tmp_path / "reports" / "tract_mu_s" / "tract_mu_s.md").read_text()
+    assert "- FID protocol: 16 samples vs digits-train-8x8: 16 images (order seed 0)" in text, text  # (KID's)
     for f in ("tract_mu_s.csv", "tract_mu_s_metric.png", "tract_mu_s_vs_steps.png"):
         assert (tmp_path / "reports" / "tract_mu_s" / f).stat().st_size > 0
     import mlflow

@@ -89,3 +89,31 @@ def test_the_conversion_maps_every_tensor_onto_torch_fidelitys_extractor(weights
     state = torch.load(weights, weights_only=True)
     assert set(state) == set(extractor.state_dict()) - {k for k in extractor.state_dict() if "num_batches" in k}
     assert fid.tensor_sha256(state) == fid.CONVERTED_TENSOR_SHA256
+
+
+def test_extrapolation_is_mltracts_formula_and_recovers_a_one_over_n_law():
+    # FID(m) = a + c / m exactly: from k and k/2 samples the formula lands on FID(n)
+    a, c, k, n = 3.0, 4000.0, 1000, 50_000
+    assert fid.extrapolate_fid(a + c / k, a + c / (k // 2), k, n) == pytest.approx(a + c / n)
+
+
+def test_seed_sets_extrapolation_and_protocol_tags(digits, weights, tmp_path):
+    from distill_core.checkpoint import sha256
+    from distill_core.diffusion import DiffusionModel
+    train, _ = digits
+    model = DiffusionModel("unet_tiny", (1, 8, 8))
+    two = evaluator(train, tmp_path, 16, weights, kid=False, seeds=2, extrapolate=True)
+    out = two(model, 1)
+    assert out["fid_seeds"] == 2 and out["fid"] == out["fid_min"] < out["fid_mean"]
+    # set 0 through torch-fidelity's own path (no extrapolation): the same samples, the same FID
+    plain = evaluator(train, tmp_path, 16, weights, kid=False)(model, 1)
+    assert plain["fid"] in (pytest.approx(out["fid_min"], rel=1e-4),
+                            pytest.approx(2 * out["fid_mean"] - out["fid_min"], rel=1e-4))
+    # extrapolation is linear in (FID, half-subset FID), so the sets' mean extrapolates their means
+    assert out["fid_50k_extrapolated_mean"] == pytest.approx(
+        fid.extrapolate_fid(out["fid_mean"], out["fid_half_median_mean"], 16))
+    tags = two.protocol()
+    assert tags["fid.num_samples"] == "16" and tags["fid.protocol"].startswith("min and mean over 2 seed sets")
+    assert "extrapolated to 50000" in tags["fid.protocol"] and tags["fid.weights_sha256"] == sha256(weights)[:16]
+    assert tags["fid.reference_sha256"] == evaluator(train, tmp_path, 16, weights).protocol()["fid.reference_sha256"]
+    assert tags["fid.reference_sha256"] != evaluator(train, tmp_path, 32, weights).protocol()["fid.reference_sha256"]

@@ -52,6 +52,9 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     assert sorted(float(r.data.params["distill.mu_s"]) for r in students) == [0.5, 0.9, 0.99]
     assert all(r.info.status == "FINISHED" for r in students)
     assert all({"gap", "teacher_gap", "fid", "kid", "fid_num_samples"} <= set(r.data.metrics) for r in students)
+    protocol = students[0].data.tags  # the FID protocol is on every run that has a FID
+    assert protocol["fid.num_samples"] == "16" and protocol["fid.protocol"] == "1 seed set"
+    assert len(protocol["fid.reference_sha256"]) == len(protocol["fid.weights_sha256"]) == 16
     assert all(r.data.metrics["fid_num_samples"] == 16 for r in students)
     parents = {r.data.tags.get("mlflow.parentRunId") for r in students}
     assert len(parents) == 1 and None not in parents
@@ -184,6 +187,8 @@ BAD_INPUTS = [
     ("distill.ema_reset=step", "distill.ema_reset must be one of none, phase; got 'step'"),
     ("distill.target_precision=float16", "distill.target_precision must be one of float32, float64; got 'float16'"),
     ("+diffusion.t0=zero", "diffusion.t0 must be one of exact, clipped; got 'zero'"),
+    ("eval.fid_seeds=0", "eval.fid_seeds must be a positive integer; got 0"),
+    ("eval.fid_extrapolate=maybe", "eval.fid_extrapolate must be one of False, True; got 'maybe'"),
     ("eval.fid=true eval.inception_weights=/no/such/file", "eval.inception_weights: /no/such/file not found"),
     (f"eval.kid=true eval.inception_weights={REPO}/pyproject.toml", "pyproject.toml is not a torch weights file"),
 ]
