@@ -78,65 +78,38 @@ def test_devices_2_registers_the_student_that_devices_1_registers(pair):
     assert "teacher/loss" in teacher_run.data.metrics and teacher_run.info.status == "FINISHED"
 
 
-def test_a_killed_devices_2_job_resumes_to_the_uninterrupted_weights(pair, tmp_path):
-    store, runs = pair
-    cmd = [sys.executable, "-m", "sweeps.run", "devices=2", *ARGS, "hydra.run.dir=outputs/job"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def checkpoint_at(tmp_path):
+    """(phase, update) of the job's resume point, or None before it exists."""
+    from distill_core.checkpoint import CheckpointError, load_checked
+    found = list(tmp_path.glob(".distill-sweeps/jobs/*/distill_latest.pt"))
+    try:
+        state = load_checked(found[0]) if found else None
+    except CheckpointError:
+        return None
+    return (state["phase"], state["step"]) if state else None
+
+
+def wait_for(proc, tmp_path, condition, what):
     deadline = time.time() + 300
-    phase1 = []
-    while not phase1 and time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline:
+        assert proc.poll() is None, f"the job ended before {what}"
+        at = checkpoint_at(tmp_path)
+        if at is not None and condition(at):
+            return at
         time.sleep(0.05)
-        phase1 = list(tmp_path.glob(".distill-sweeps/jobs/*/phase1_4steps.pt"))
-    latest = phase1[0].parent / "distill_latest.pt"
-    first = latest.stat().st_mtime_ns
-    while latest.stat().st_mtime_ns == first and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)  # the first mid-phase-2 checkpoint: kill the job (its workers die with it)
-    assert proc.poll() is None, "the job finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    time.sleep(1.5)
-    killed_at = latest.stat().st_mtime_ns
-    time.sleep(1.5)
-    assert latest.stat().st_mtime_ns == killed_at, "a worker outlived its job and went on writing checkpoints"
-
-    rerun = sweeps_run(["devices=2", *ARGS, "hydra.run.dir=outputs/job"], tmp_path)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming run" in rerun.stdout + rerun.stderr
-    assert "resuming distillation at phase 2, update 5" in rerun.stderr  # rank 0, from the mid-phase checkpoint
-    [run] = students(tmp_path)
-    assert run.info.status == "FINISHED"
-    steps = [s for s, _ in losses(tmp_path, run)]
-    assert steps == sorted(set(steps)) == list(range(5, 61, 5))  # no step logged twice, none missing
-    assert max_difference(student_of(tmp_path, run), student_of(store, runs[2])) <= 1e-6
+    raise AssertionError(f"no {what} within 5 minutes")
 
 
-def test_submitit_local_runs_devices_2_jobs_as_elastic_workers_and_as_two_tasks(pair):
-    store, runs = pair
-    reference = student_of(store, runs[2])
-    before = {r.info.run_id for r in students(store)}
-    for launcher in (["hydra.launcher.tasks_per_node=1"], ["hydra.launcher.tasks_per_node=2"]):
-        proc = sweeps_run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", *launcher,
-                           "devices=2", *ARGS, "distill.log_every=5,10", f"hydra.sweep.dir={store}/{launcher[0][-1]}"],
-                          store)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        new = [r for r in students(store) if r.info.run_id not in before]
-        before |= {r.info.run_id for r in new}
-        assert len(new) == 2 and all(r.info.status == "FINISHED" for r in new)  # one run per job, not per task
-        for run in new:
-            assert max_difference(student_of(store, run), reference) <= 1e-5
-
-
-def test_a_killed_worker_fails_the_job_with_one_line_and_the_rerun_resumes_the_run(pair, tmp_path):
+def test_a_killed_worker_then_a_killed_job_both_resume_to_the_uninterrupted_weights(pair, tmp_path):
+    """A worker SIGKILLed in phase one: the job fails with one line and stays resumable. The rerun is
+    itself SIGKILLed (job process) in phase two: its workers die with it. The third run resumes from the
+    mid-phase-two checkpoint, in the same MLflow run, and ends with the uninterrupted run's weights."""
     import psutil
     store, runs = pair
     cmd = [sys.executable, "-m", "sweeps.run", "devices=2", *ARGS, "hydra.run.dir=outputs/job"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not list(tmp_path.glob(".distill-sweeps/jobs/*/phase1_4steps.pt")) and time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
+    wait_for(proc, tmp_path, lambda at: at[0] == 0 and at[1] > 0, "a mid-phase-one checkpoint")
     workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
     assert len(workers) == 2, [c.cmdline() for c in psutil.Process(proc.pid).children()]
     workers[-1].kill()
@@ -147,8 +120,37 @@ def test_a_killed_worker_fails_the_job_with_one_line_and_the_rerun_resumes_the_r
     [run] = students(tmp_path)
     assert run.info.status == "FAILED" and run.data.tags["failure"].startswith("devices=2: rank ")
 
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    at = wait_for(proc, tmp_path, lambda at: at[0] == 1 and at[1] > 0, "a mid-phase-two checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = next(tmp_path.glob(".distill-sweeps/jobs/*/distill_latest.pt"))
+    time.sleep(1.5)
+    killed_at = latest.stat().st_mtime_ns
+    time.sleep(1.5)
+    assert latest.stat().st_mtime_ns == killed_at, "a worker outlived its job and went on writing checkpoints"
+
     rerun = sweeps_run(["devices=2", *ARGS, "hydra.run.dir=outputs/job"], tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming run" in rerun.stdout + rerun.stderr
+    assert f"resuming distillation at phase 2, update {at[1]}" in rerun.stderr  # rank 0, mid-phase checkpoint
     [resumed] = students(tmp_path)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    steps = [s for s, _ in losses(tmp_path, resumed)]
+    assert steps == sorted(set(steps)) == list(range(5, 61, 5))  # no step logged twice, none missing
     assert max_difference(student_of(tmp_path, resumed), student_of(store, runs[2])) <= 1e-6
+
+
+def test_submitit_local_runs_a_two_job_devices_2_sweep_with_each_job_as_two_tasks(pair):
+    store, runs = pair
+    reference = student_of(store, runs[2])
+    before = {r.info.run_id for r in students(store)}
+    proc = sweeps_run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
+                       "hydra.launcher.tasks_per_node=2", "devices=2", *ARGS, "distill.log_every=5,10",
+                       f"hydra.sweep.dir={store}/submitit"], store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new = [r for r in students(store) if r.info.run_id not in before]
+    assert len(new) == 2 and all(r.info.status == "FINISHED" for r in new)  # one run per job, not per task
+    for run in new:  # task 0 and task 1 trained as ranks 0 and 1: the elastic launcher's student
+        assert max_difference(student_of(store, run), reference) <= 1e-5
