@@ -15,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from sweeps import registry
-from test_reliability import env_for
+from test_reliability import env_for, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,28 +76,6 @@ def test_devices_2_registers_the_student_that_devices_1_registers(pair):
     assert runs[1].data.tags["teacher_version"] == runs[2].data.tags["teacher_version"]
     teacher_run = MlflowClient().get_run(teachers[0].run_id)
     assert "teacher/loss" in teacher_run.data.metrics and teacher_run.info.status == "FINISHED"
-
-
-def checkpoint_at(tmp_path):
-    """(phase, update) of the job's resume point, or None before it exists."""
-    from distill_core.checkpoint import CheckpointError, load_checked
-    found = list(tmp_path.glob(".distill-sweeps/jobs/*/distill_latest.pt"))
-    try:
-        state = load_checked(found[0]) if found else None
-    except CheckpointError:
-        return None
-    return (state["phase"], state["step"]) if state else None
-
-
-def wait_for(proc, tmp_path, condition, what):
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, f"the job ended before {what}"
-        at = checkpoint_at(tmp_path)
-        if at is not None and condition(at):
-            return at
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within 5 minutes")
 
 
 def test_a_killed_worker_then_a_killed_job_both_resume_to_the_uninterrupted_weights(pair, tmp_path):

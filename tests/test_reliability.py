@@ -25,6 +25,29 @@ def env_for(path):
     return env
 
 
+def checkpoint_at(job_dir):
+    """(phase, update) of a job's resume point, read from the checkpoint itself, or None before it exists
+    (file times race with the phase file's copy onto distill_latest.pt)."""
+    from distill_core.checkpoint import CheckpointError, load_checked
+    found = list(job_dir.glob(".distill-sweeps/jobs/*/distill_latest.pt"))
+    try:
+        state = load_checked(found[0]) if found else None
+    except CheckpointError:
+        return None
+    return (state["phase"], state["step"]) if state else None
+
+
+def wait_for(proc, job_dir, condition, what):
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert proc.poll() is None, f"the job ended before {what}"
+        at = checkpoint_at(job_dir)
+        if at is not None and condition(at):
+            return at
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within 5 minutes")
+
+
 def test_sigkill_in_phase_two_then_rerun_continues_the_same_run(tmp_path):
     twin_dir, job_dir = tmp_path / "twin", tmp_path / "job"
     twin_dir.mkdir(), job_dir.mkdir()
@@ -34,16 +57,7 @@ def test_sigkill_in_phase_two_then_rerun_continues_the_same_run(tmp_path):
 
     proc = subprocess.Popen(cmd, cwd=job_dir, env=env_for(job_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 300
-    phase1 = list(job_dir.glob(".distill-sweeps/jobs/*/phase1_4steps.pt"))
-    while not phase1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        phase1 = list(job_dir.glob(".distill-sweeps/jobs/*/phase1_4steps.pt"))
-    latest = phase1[0].parent / "distill_latest.pt"
-    first = latest.stat().st_mtime_ns
-    while latest.stat().st_mtime_ns == first and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)  # wait for the first mid-phase-2 checkpoint, then kill
-    assert proc.poll() is None, "the job finished before it could be killed"
+    wait_for(proc, job_dir, lambda at: at[0] == 1 and at[1] > 0, "a mid-phase-two checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
