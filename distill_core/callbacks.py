@@ -22,6 +22,12 @@ class Callback:
         Return extra metrics (e.g. FID) to be recorded with the phase's own."""
         return {}
 
+    def keep_going(self, phase: int, update: int, metrics: dict) -> bool:
+        """Asked after every phase but the last, once its metrics are recorded and its checkpoint
+        written (`update`: the cumulative update count). False stops the job at this phase boundary
+        (a sweep's pruner); the result then ends with this phase."""
+        return True
+
 
 class RecordingCallback(Callback):
     """Keeps everything in lists: for tests and notebooks."""

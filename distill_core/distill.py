@@ -110,6 +110,7 @@ class PhaseResult:
 class DistillResult:
     model: DiffusionModel
     phases: list = field(default_factory=list)
+    stopped_after: Optional[int] = None  # the phase (1, 2, ...) after which the callback stopped the job
 
 
 def gap(model: DiffusionModel, noise: torch.Tensor, steps: int, reference: torch.Tensor) -> float:
@@ -270,11 +271,19 @@ class Distiller:
                 if module is not None:
                     self.placement.check_in_step(name, module)
             self._end_phase(p, teacher_steps, student_steps, reference)
+            if self.phase < n_phases and not self._keep_going(p):
+                log.info("stopped after phase %d/%d (%d steps) by the callback", p + 1, n_phases, student_steps)
+                break
+        done = schedule[:self.phase + 1]  # all of it, unless stopped early
         final = copy.deepcopy(self.teacher)  # after the last phase the teacher is the final student
-        final.info = dict(self.original_teacher.info, role="student", method=cfg.method, schedule=schedule,
-                          steps=schedule[-1], distilled_steps=schedule[1:],
-                          teacher_info=dict(self.original_teacher.info))
-        return DistillResult(final, self.results)
+        final.info = dict(self.original_teacher.info, role="student", method=cfg.method, schedule=done,
+                          steps=done[-1], distilled_steps=done[1:], teacher_info=dict(self.original_teacher.info))
+        return DistillResult(final, self.results, None if self.phase == n_phases else self.phase)
+
+    def _keep_going(self, p: int) -> bool:
+        go = self.callback.keep_going(p, (p + 1) * self.cfg.updates_per_phase, self.results[-1].metrics) \
+            if self.placement.is_main else True
+        return self.placement.agree(bool(go))
 
     def _end_phase(self, p: int, teacher_steps: int, student_steps: int, reference: torch.Tensor) -> None:
         model = self.eval_model()

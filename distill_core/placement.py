@@ -8,7 +8,8 @@ The runner asks a placement five things and never which one it has:
   forward, so the gradients meet (averaged) in the backward pass;
 - `mean(value)`: a logged value averaged over the ranks (the global batch's loss);
 - `is_main`: the rank that reports, checkpoints and evaluates (the others train only);
-- `check_in_step(name, module)`: that a module's weights are bit-identical on every rank.
+- `check_in_step(name, module)`: that a module's weights are bit-identical on every rank;
+- `agree(flag)`: rank 0's decision (go on or stop at a phase end), the same on every rank.
 The process group itself is the application's business (who launches the ranks, which backend).
 """
 import warnings
@@ -43,6 +44,9 @@ class Single:
 
     def check_in_step(self, name: str, module: nn.Module) -> None:
         pass
+
+    def agree(self, flag: bool) -> bool:
+        return flag
 
     def describe(self) -> str:
         return "1 device"
@@ -104,6 +108,12 @@ class DataParallel(Single):
         bad = [r for r, v in enumerate(every) if not torch.equal(v, every[0])]
         if bad:
             raise DriftError(f"{name} weights differ between rank 0 and rank(s) {bad}: the ranks drifted apart")
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's flag on every rank (only rank 0 asks the sweep whether to go on)."""
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
 
     def describe(self) -> str:
         return f"{self.world_size} ranks ({dist.get_backend()})"

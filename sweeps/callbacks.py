@@ -21,6 +21,11 @@ class MlflowSweepCallback(Callback):
         from sweeps import tracking
         from sweeps.redaction import redact, redact_logs
         redact_logs()  # the sweeper's own lines (the Optuna sweeper logs its storage URL)
+        from sweeps.sweeper import config_problem
+        problem = config_problem(config.hydra.sweeper, config.hydra.launcher)
+        if problem:  # before the sweep's parent run exists
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         try:
             exp_id = tracking.setup(config.tracking.uri, config.experiment_name)
         except tracking.AuthError as e:

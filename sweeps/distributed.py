@@ -82,6 +82,7 @@ class Reporter:
     synchronous: bool = False
     logged: Optional[dict] = None
     eval_cfg: Any = None  # the job config, for the phase metrics beyond the gap (pixel FD, FID/KID)
+    trial: Any = None  # an Optuna trial (`sweeps.optuna_link.TrialLink`): each phase's objective, and pruning
 
     def callback(self, data=None, device="cpu", teacher=None, base_steps=None):
         import mlflow
@@ -94,8 +95,12 @@ class Reporter:
         client = mlflow.tracking.MlflowClient()
         for key, value in (getattr(extra, "tags", None) or {}).items():  # the FID protocol, on the run
             client.set_tag(self.run_id, key, value)
-        return tracking.MlflowCallback(self.run_id, synchronous=self.synchronous, extra_metrics=extra,
-                                       logged=self.logged)
+        callback = tracking.MlflowCallback(self.run_id, synchronous=self.synchronous, extra_metrics=extra,
+                                           logged=self.logged)
+        if self.trial is not None:
+            from .optuna_link import PruningCallback
+            callback = PruningCallback(callback, self.trial)
+        return callback
 
 
 # --- the two tasks: module-level functions, so that spawned workers import them by name ---

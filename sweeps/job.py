@@ -63,17 +63,22 @@ def run_job(cfg: DictConfig) -> float:
     problem = distributed.check(cfg, device)
     if problem:
         fail(problem)
+    from .optuna_link import current_trial
+    try:
+        trial = current_trial(cfg)
+    except ValueError as e:
+        fail(str(e))
     ranks = distributed.Ranks(cfg.devices, device)
     try:
         if ranks.follower:  # a cluster task of rank > 0: trains what task 0 sends, reports nothing
             ranks.follow()
             return float("nan")
-        return _run(cfg, tc, dc, device, ranks)
+        return _run(cfg, tc, dc, device, ranks, trial)
     finally:
         ranks.close()
 
 
-def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
+def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
     from .redaction import redact
     import mlflow
     import torch
@@ -126,13 +131,12 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
 
     out = output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    from .optuna_link import current_trial
     job = JobRecord(Path(cfg.cache_dir) / "jobs" / job_key(cfg), out)
     resume_id = job.resumable_run(mlflow)
     tags = {"method": dc.method, "family": tc.family["family"], "git_commit": tracking.git_commit(),
             "overrides": " ".join(hydra_overrides()),
             "sweep_id": os.environ.get(tracking.SWEEP_ENV, ""), "output_dir": str(out), "job_dir": str(job.dir),
-            **current_trial(cfg)}
+            **(trial.tags() if trial else {})}
     tags = {k: redact(str(v)) for k, v in tags.items()}  # the REST store accepts only string tag values
     parent = tracking.parent_run_id()
     try:
@@ -181,7 +185,7 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
                                                     **({"t0": tc.family["t0"]} if "t0" in tc.family else {}))
 
         reporter = Reporter(mlflow.get_tracking_uri(), run_id, synchronous=not cfg.tracking.async_logging,
-                            logged=tracking.logged_steps(run_id) if resume_id else None, eval_cfg=cfg)
+                            logged=tracking.logged_steps(run_id) if resume_id else None, eval_cfg=cfg, trial=trial)
         eval_noise = torch.randn((cfg.eval.gap_samples, *teacher.data_shape),
                                  generator=torch.Generator().manual_seed(cfg.seed + 1))
         try:
@@ -192,6 +196,8 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
             failed(mlflow, job, OutOfMemory(out_of_memory_line(cfg, "distill.batch_size", device)))
         tracking.flush()
         last = result.phases[-1]
+        if result.stopped_after is not None:
+            return pruned(mlflow, job, trial, result, cfg)
         student = result.model
         student.info["teacher_version"] = teacher_version
         version = job.get("registered_version")
@@ -207,9 +213,25 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks) -> float:
         value = last.metrics.get(cfg.objective)
         if value is None:
             fail(f"objective={cfg.objective} was not computed (enable eval.{cfg.objective})")
+        if trial is not None:  # the last phase's value is the trial's last intermediate value too
+            trial.report(value, len(result.phases) * cfg.distill.updates_per_phase)
         mlflow.log_metric("objective", float(value), step=len(result.phases))
         job.update(status="FINISHED")
         return float(value)
+
+
+def pruned(mlflow, job, trial, result, cfg) -> float:
+    """The sweep's pruner stopped the job at a phase boundary: what it measured stays logged, the
+    run ends KILLED with `pruned_at_phase`, the trial is told PRUNED, nothing is registered."""
+    phase, last = result.stopped_after, result.phases[-1]
+    value = float(last.metrics.get(cfg.objective, float("nan")))
+    mlflow.set_tags({"pruned_at_phase": str(phase), "pruned_at_steps": str(last.steps)})
+    trial.prune()
+    job.update(status="PRUNED")
+    mlflow.end_run("KILLED")
+    log.info("trial %d pruned after phase %d of %d (%d steps): %s=%.4g", trial.number, phase,
+             len(cfg.distill.schedule) - 1, last.steps, cfg.objective, value)
+    return value
 
 
 class OutOfMemory(RuntimeError):

@@ -1,46 +1,125 @@
-"""Which Optuna trial is this job? (The Hydra sweeper never hands the Trial to the job.)
+"""A job and its Optuna trial: which trial it is, what it reports, when it stops.
 
-The sweeper asks a batch of trials, then launches one job per trial with the sampled values
-as overrides. A job finds its trial as the RUNNING trial of the study whose params equal its
-own config values; that works for parallel launchers and shared studies alike.
+Our sweeper (`sweeps.sweeper`, `hydra/sweeper=optuna`) passes each job its trial number as the
+override `+optuna.trial=N`; the study's name, storage and pruner are in the job's own Hydra config
+(`hydra.sweeper`). Nothing is matched by parameter values, so trials with identical parameters, or
+several sweepers on one study, still link each run to its own trial.
+
+Each phase end reports the job's objective at that phase (gap, pixel FD, FID or KID) as the trial's
+intermediate value at step = the cumulative update count, and asks the study's pruner whether to go
+on. A pruned job stops at that phase boundary, after its metrics and checkpoint are recorded; the
+job tells Optuna PRUNED itself (the sweeper then leaves the trial alone).
 """
 import logging
+from dataclasses import dataclass, field
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from distill_core.callbacks import Callback
+
 log = logging.getLogger(__name__)
 
+PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
+           "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner"}
 
-def current_trial(cfg: DictConfig) -> dict:
-    """{'optuna.study': name, 'optuna.trial': number} under the Optuna sweeper, else {}."""
+
+def build_pruner(spec: Optional[dict]):
+    """{'name': 'median', knob: value, ...} (the `hydra/sweeper/pruner` group) -> an Optuna pruner."""
+    import optuna
+    spec = dict(spec or {"name": "none"})
+    name = spec.pop("name", "none")
+    if name not in PRUNERS:
+        raise ValueError(f"hydra.sweeper.pruner.name must be one of {', '.join(PRUNERS)}; got {name!r}")
+    return getattr(optuna.pruners, PRUNERS[name])(**spec)
+
+
+def open_storage(url: str):
+    """An Optuna RDB storage that waits for SQLite's write lock (several sweepers and their jobs
+    write to one file) instead of failing after SQLAlchemy's 5 s default."""
+    import optuna
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+@dataclass
+class TrialLink:
+    """One job's trial (picklable: it travels to rank 0 of a data-parallel job)."""
+    storage: str
+    study: str
+    number: int
+    pruner: dict = field(default_factory=dict)
+    objective: str = "gap"
+
+    def tags(self) -> dict:
+        from .redaction import redact
+        return {"optuna.study": self.study, "optuna.trial": str(self.number), "optuna.storage": redact(self.storage)}
+
+    def _trial(self):
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=self.study, storage=open_storage(self.storage),
+                                  pruner=build_pruner(self.pruner))
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, self.number)
+        return study, optuna.trial.Trial(study, trial_id)
+
+    def report(self, value: float, update: int) -> bool:
+        """Record the intermediate value; True when the pruner says stop."""
+        study, trial = self._trial()
+        trial.report(float(value), int(update))
+        return trial.should_prune()
+
+    def prune(self) -> None:
+        import optuna
+        study, _ = self._trial()
+        study.tell(self.number, state=optuna.trial.TrialState.PRUNED)
+
+
+def current_trial(cfg: DictConfig) -> Optional[TrialLink]:
+    """The job's trial when our sweeper launched it (`+optuna.trial=N`), else None."""
+    number = OmegaConf.select(cfg, "optuna.trial")
+    if number is None:
+        return None
     from hydra.core.hydra_config import HydraConfig
     try:
         sweeper = HydraConfig.get().sweeper
     except ValueError:
-        return {}
-    if "optuna" not in str(sweeper.get("_target_", "")).lower() or HydraConfig.get().mode.name != "MULTIRUN":
-        return {}
-    import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from .redaction import redact
-    tags = {"optuna.study": str(sweeper.study_name), "optuna.storage": redact(str(sweeper.storage))}
-    try:
-        study = optuna.load_study(study_name=str(sweeper.study_name), storage=str(sweeper.storage))
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    except Exception as e:  # the tags are a convenience; never fail a job over them
-        log.warning("could not read the Optuna study: %s", e)
-        return tags
-    for trial in running:
-        if all(_same(OmegaConf.select(cfg, key), value) for key, value in trial.params.items()):
-            tags["optuna.trial"] = trial.number
-            break
-    return tags
+        sweeper = None
+    if sweeper is None or "study_name" not in sweeper or str(sweeper.get("_target_", "")) != "sweeps.sweeper.OptunaSweeper":
+        raise ValueError(f"optuna.trial={number} is set by the Optuna sweeper (python -m sweeps.run -m "
+                         f"hydra/sweeper=optuna ...); remove it from a job of your own")
+    return TrialLink(storage=str(sweeper.storage), study=str(sweeper.study_name), number=int(number),
+                     pruner=_plain(sweeper.get("pruner")), objective=str(cfg.objective))
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
-        except (TypeError, ValueError):
+class PruningCallback(Callback):
+    """Another callback (the MLflow one) plus a trial to report each phase's objective to."""
+
+    def __init__(self, inner: Callback, trial: TrialLink):
+        self.inner, self.trial = inner, trial
+
+    def on_metrics(self, metrics, step):
+        self.inner.on_metrics(metrics, step)
+
+    def on_checkpoint(self, path, sha256, name):
+        self.inner.on_checkpoint(path, sha256, name)
+
+    def on_image(self, path, name):
+        self.inner.on_image(path, name)
+
+    def on_phase_end(self, phase, steps, model, metrics):
+        return self.inner.on_phase_end(phase, steps, model, metrics)
+
+    def keep_going(self, phase, update, metrics):
+        value = metrics.get(self.trial.objective)
+        if value is None:
+            return self.inner.keep_going(phase, update, metrics)
+        if self.trial.report(value, update):
+            log.info("trial %d: the pruner stops it after phase %d (%s %.4g at update %d)", self.trial.number,
+                     phase + 1, self.trial.objective, value, update)
             return False
-    return str(a) == str(b)
+        return self.inner.keep_going(phase, update, metrics)

@@ -97,11 +97,14 @@ def collect(name: str) -> list[dict]:
     from mlflow.tracking import MlflowClient
     spec, client = SPECS[name], MlflowClient()
     runs = mlflow.search_runs(experiment_names=[f"ablation-{name}"], output_format="list",
-                              filter_string="attributes.status = 'FINISHED'")
+                              filter_string="attributes.status != 'RUNNING'")  # (IN: run ids only)
     out = []
     for r in runs:
         if not r.data.tags.get("method"):
             continue  # teacher and report runs
+        pruned = r.data.tags.get("pruned_at_phase")
+        if r.info.status != "FINISHED" and not pruned:
+            continue  # failed, or cut off by hand
         try:
             key = spec["key"](r.data.params)
         except (KeyError, ValueError, SyntaxError):
@@ -113,7 +116,7 @@ def collect(name: str) -> list[dict]:
         out.append({"key": key, "final": dict(r.data.metrics), "phases": phases,
                     "teacher": r.data.tags.get("teacher_version"),
                     "sampler": r.data.params.get("diffusion.teacher_sampler", "ddim"),
-                    "fid_protocol": fid_protocol(r.data.tags)})
+                    "fid_protocol": fid_protocol(r.data.tags), "pruned_at_phase": pruned})
     return out
 
 
@@ -290,9 +293,16 @@ def report(name: str, out: Path, log_run: bool = True) -> None:
     if exp is None:
         print(f"note: no experiment ablation-{name} yet; every cell is missing "
               f"(run: python -m sweeps.run -m +experiment={name})", file=sys.stderr)
-    runs = collect(name) if exp is not None else []
+    everything = collect(name) if exp is not None else []
+    runs = [r for r in everything if not r["pruned_at_phase"]]
+    pruned = [r for r in everything if r["pruned_at_phase"]]
     header, body, comparisons = table(name, runs)
-    files = write(name, header, body, [agreement(*c) for c in comparisons], runs, out / name)
+    lines = [agreement(*c) for c in comparisons]
+    if pruned:  # stopped by an Optuna pruner: not results of their cell, but say so
+        lines.append(f"pruned by the sweep (not in the table): {len(pruned)} run(s): " + "; ".join(
+            f"{label(r['key'])} after phase {r['pruned_at_phase']} (gap {fmt(r['final'].get('gap'))})"
+            for r in sorted(pruned, key=lambda r: str(r["key"]))))
+    files = write(name, header, body, lines, runs, out / name)
     print((out / name / f"{name}.md").read_text())
     if log_run and exp is not None:
         with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"report {name}", tags={"role": "report"}):
@@ -300,13 +310,64 @@ def report(name: str, out: Path, log_run: bool = True) -> None:
                 mlflow.log_artifact(str(f), "report")
 
 
+def study_report(study_name: str, storage: str) -> str:
+    """An Optuna study as Markdown: one row per trial (state, parameters, intermediate values at each
+    phase end, value, pruned-at), and the distillation updates run vs what running every trial to
+    its end would have taken."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from .optuna_link import open_storage
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return f"# study {study_name}\n\nno trials yet\n"
+    names = sorted({k for t in trials for k in t.params})
+    full = max((max(t.intermediate_values) for t in trials if t.state.name == "COMPLETE" and t.intermediate_values),
+               default=None)
+    lines = [f"# study {study_name}", "", "| trial | state | " + " | ".join(names) + " | at each phase end (update: value)"
+             " | value |", "|" + "---|" * (len(names) + 4)]
+    for t in trials:
+        steps = " ".join(f"{u}: {v:.4g}" for u, v in sorted(t.intermediate_values.items()))
+        state = t.state.name.lower() + (f" after update {max(t.intermediate_values)}"
+                                        if t.state.name == "PRUNED" and t.intermediate_values else "")
+        lines.append(f"| {t.number} | {state} | " + " | ".join(fmt(t.params.get(k)) for k in names) +
+                     f" | {steps} | {fmt(t.value)} |")
+    counts = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    lines += ["", "- trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.intermediate_values]
+    if full and done:
+        ran = sum(max(t.intermediate_values) for t in done)
+        lines.append(f"- distillation updates run: {ran} of {full * len(done)} without pruning "
+                     f"({1 - ran / (full * len(done)):.0%} saved)")
+    best = [t for t in trials if t.state.name == "COMPLETE"]
+    if best:
+        b = (min if study.direction.name == "MINIMIZE" else max)(best, key=lambda t: t.value)
+        lines.append(f"- best: trial {b.number}, value {b.value:.4g}, " + ", ".join(f"{k}={fmt(v)}" for k, v in b.params.items()))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__.splitlines()[0])
-    p.add_argument("name", help=f"one of: {', '.join(SPECS)}, or all")
+    p.add_argument("name", nargs="?", help=f"one of: {', '.join(SPECS)}, or all")
+    p.add_argument("--study", help="instead: an Optuna study's trials (pruned ones as such) and the updates pruning saved")
+    p.add_argument("--storage", default=None, help="the study's storage (default: $OPTUNA_STORAGE or sqlite:///optuna.db)")
     p.add_argument("--out", default="reports")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     p.add_argument("--no-mlflow-run", action="store_true", help="do not log the report as an MLflow run")
     a = p.parse_args(argv)
+    if a.study:
+        import os
+        storage = a.storage or os.environ.get("OPTUNA_STORAGE", "sqlite:///optuna.db")
+        try:
+            text = study_report(a.study, storage)
+        except KeyError:
+            from .redaction import redact
+            print(f"error: --study {a.study}: no such study in {redact(storage)}", file=sys.stderr)
+            return 2
+        print(text)
+        return 0
     if a.name not in SPECS and a.name != "all":
         print(f"error: NAME must be one of {', '.join(SPECS)}, all; got {a.name!r}", file=sys.stderr)
         return 2

@@ -33,6 +33,14 @@ def unknown_group_option(argv: list[str]):
     return None
 
 
+def register_sweeper() -> None:
+    """`hydra/sweeper=optuna` names our sweeper (sweeps.sweeper), a plugin Hydra does not scan for."""
+    from hydra.core.plugins import Plugins
+
+    from sweeps.sweeper import OptunaSweeper
+    Plugins.instance().register(OptunaSweeper)
+
+
 @hydra.main(config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from sweeps.job import run_job
@@ -44,4 +52,5 @@ if __name__ == "__main__":
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    register_sweeper()
     main()

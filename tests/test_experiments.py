@@ -44,6 +44,14 @@ def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
                             "distill.mu_s=0.5,0.9", "eval.kid=true", f"hydra.sweep.dir={tmp_path}/sweep"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
+    import mlflow
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.tracking.MlflowClient()
+    # a third trial, as an Optuna pruner leaves it (sweeps.job.pruned): KILLED with pruned_at_phase
+    pruned = mlflow.search_runs(experiment_names=["ablation-tract_mu_s"], output_format="list",
+                                filter_string="params.`distill.mu_s` = '0.9'")[0].info.run_id
+    client.set_tag(pruned, "pruned_at_phase", "1")
+    client.set_terminated(pruned, "KILLED")
     report = subprocess.run([sys.executable, "-m", "sweeps.report", "tract_mu_s", "--out", str(tmp_path / "reports")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
@@ -51,17 +59,15 @@ def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
             for line in (tmp_path / "reports" / "tract_mu_s" / "tract_mu_s.md").read_text().splitlines()
             if line.startswith("| 0")}
     assert set(rows) == {"0.0", "0.5", "0.9", "0.99"}
-    for filled in ("0.5", "0.9"):
-        assert rows[filled][0] == "1" and rows[filled][1] != "missing"  # one run, a gap
-    for empty in ("0.0", "0.99"):
+    assert rows["0.5"][0] == "1" and rows["0.5"][1] != "missing"  # one run, a gap
+    for empty in ("0.0", "0.9", "0.99"):  # (0.9's only run was pruned)
         assert rows[empty][:2] == ["0", "missing"]
     assert rows["0.5"][-1] == "5.24" and rows["0.99"][-1] == "7.61"  # the paper's column
     text = (tmp_path / "reports" / "tract_mu_s" / "tract_mu_s.md").read_text()
+    assert "- pruned by the sweep (not in the table): 1 run(s): 0.9 after phase 1 (gap 0." in text, text
     assert "- FID protocol: 16 samples vs digits-train-8x8: 16 images (order seed 0)" in text, text  # (KID's)
     for f in ("tract_mu_s.csv", "tract_mu_s_metric.png", "tract_mu_s_vs_steps.png"):
         assert (tmp_path / "reports" / "tract_mu_s" / f).stat().st_size > 0
-    import mlflow
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     reports = mlflow.search_runs(experiment_names=["ablation-tract_mu_s"], filter_string="tags.role = 'report'",
                                  output_format="list")
     assert len(reports) == 1

@@ -119,6 +119,58 @@ def test_optuna_sweep_stores_three_complete_trials_matching_mlflow(store, missio
     assert len([r for r in runs(store) if r.data.tags.get("role") == "teacher"]) == 1, "the teacher was reused"
 
 
+def test_two_sweepers_on_one_study_prune_the_bad_trials_and_link_every_run_to_its_trial(store, mission):
+    """The same sweep command started twice on one SQLite study with n_trials=6 and the median pruner
+    (2 startup trials). The study is seeded with six trials, two of them in the ruinous region
+    (lr 0.05: phase one lands far behind); equal parameters repeat, so only the explicit trial number
+    can link each run to its trial."""
+    storage = f"sqlite:///{store}/pruning.db"
+    good, bad = 1e-3, 0.05
+    study = optuna.create_study(study_name="prune", storage=storage)
+    for lr in (good, good, bad, good, bad, good):
+        study.enqueue_trial({"distill.lr": lr})
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    command = [sys.executable, "-m", "sweeps.run", "-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=median",
+               "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.n_trials=6", "hydra.sweeper.params=null",
+               f"distill.lr=choice({good},{bad})", "+debug=tiny", f"hydra.sweeper.storage={storage}",
+               "hydra.sweeper.study_name=prune", f"hydra.sweep.dir={store}/prune"]
+    procs = [subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="prune", storage=storage).get_trials()
+    assert sorted(t.number for t in trials) == list(range(6)), "exactly n_trials trials, no number twice"
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and {t.params["distill.lr"] for t in pruned} == {bad}, [(t.number, t.state.name) for t in trials]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials if t not in pruned)
+    by_trial = {}
+    for r in runs(store, "tags.`optuna.study` = 'prune'"):
+        assert r.data.tags["optuna.trial"] not in by_trial, "one run per trial"
+        by_trial[r.data.tags["optuna.trial"]] = r
+    assert sorted(by_trial) == [str(n) for n in range(6)]
+    client = MlflowClient()
+    registered = {v.run_id for v in client.search_model_versions("name = 'distill-students'")}
+    for t in trials:
+        run = by_trial[str(t.number)]
+        assert float(run.data.params["distill.lr"]) == pytest.approx(t.params["distill.lr"])
+        gaps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "gap")}
+        # the intermediate values are the phases' gaps, at step = cumulative updates (10 per phase)
+        assert t.intermediate_values == pytest.approx({10 * phase: v for phase, v in gaps.items()}, rel=1e-12)
+        if t in pruned:
+            assert run.info.status == "KILLED" and run.data.tags["pruned_at_phase"] == "1"
+            assert sorted(gaps) == [1] and run.info.run_id not in registered
+        else:
+            assert run.info.status == "FINISHED" and sorted(gaps) == [1, 2]
+            assert t.value == pytest.approx(run.data.metrics["objective"], rel=1e-12)
+    summary = run_cli("sweeps.report", ["--study", "prune", "--storage", storage], store)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    assert f"| {pruned[0].number} | pruned after update 10 | 0.05 |" in summary.stdout
+    ran = 10 * len(pruned) + 20 * (6 - len(pruned))
+    assert f"distillation updates run: {ran} of 120 without pruning" in summary.stdout
+
+
 def test_an_edm_job_end_to_end_and_teachers_of_one_family_refused_by_the_other(store, mission):
     """`diffusion=edm`: an EDM teacher trained and registered beside the VP one (the family is part of
     its key), a TRACT-VE student registered with its family, both sample with `sample(noise, steps)`;
@@ -191,6 +243,7 @@ BAD_INPUTS = [
     ("eval.fid_extrapolate=maybe", "eval.fid_extrapolate must be one of False, True; got 'maybe'"),
     ("eval.fid=true eval.inception_weights=/no/such/file", "eval.inception_weights: /no/such/file not found"),
     (f"eval.kid=true eval.inception_weights={REPO}/pyproject.toml", "pyproject.toml is not a torch weights file"),
+    ("+optuna.trial=3", "optuna.trial=3 is set by the Optuna sweeper"),
 ]
 
 
@@ -225,6 +278,9 @@ def test_bad_input_fails_before_any_work_with_one_line(tmp_path, monkeypatch, ca
     BAD_INPUTS[0], BAD_INPUTS[3],
     ("diffusion=ve", "diffusion must be one of edm, vp; got 've'"),  # a config group option: before Hydra's error
     ("-m diffusion=vp,ve", "diffusion must be one of edm, vp; got 've'"),
+    ("-m hydra/sweeper=optuna hydra.sweeper.n_jobs=2", "hydra.sweeper.n_jobs=2 needs a launcher that runs jobs"),
+    ("-m hydra/sweeper=optuna hydra/sweeper/pruner=median hydra.sweeper.pruner.name=best",
+     "hydra.sweeper.pruner.name must be one of none, median"),
 ])
 def test_bad_input_exits_2_with_one_line_and_creates_no_run(tmp_path, override, message):
     proc = run_cli("sweeps.run", [*override.split(), "+debug=tiny"], tmp_path)

@@ -2,6 +2,7 @@
 and the docker files (issue: scale out). PostgreSQL tests skip, saying why, where Debian's server
 is not installed (`scripts/setup.sh` installs it where apt works)."""
 import glob
+import contextlib
 import os
 import shutil
 import socket
@@ -187,3 +188,28 @@ def test_dockerfile_installs_the_same_pinned_set_as_the_readme():
     install = '-m pip install -q -c constraints.txt -e ".[test,postgres]"'
     assert install in dockerfile and install in setup
     assert "COPY pyproject.toml constraints.txt" in dockerfile
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_study_lock_admits_one_holder_at_a_time(kind, request, tmp_path):
+    """Several sweepers ask trials under `study_lock`: a second holder (its own connection or file
+    handle, as another process has) waits until the first lets go; another study is not blocked."""
+    import threading
+    import time
+
+    from sweeps.sweeper import study_lock
+    storage = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else f"{request.getfixturevalue('postgres')}/optuna"
+    events = []
+    with study_lock(storage, "s"):
+        second = threading.Thread(target=lambda: [events.append("waiting"), study_lock(storage, "s").__enter__(),
+                                                  events.append("second holds")])
+        second.start()
+        with study_lock(storage, "another study") if kind == "postgresql" else contextlib.nullcontext():
+            events.append("another study free")
+        deadline = time.time() + 2
+        while time.time() < deadline and "second holds" not in events:
+            time.sleep(0.05)
+        events.append("first lets go")
+    second.join(timeout=30)
+    assert events == ["waiting", "another study free", "first lets go", "second holds"] or \
+        events == ["another study free", "waiting", "first lets go", "second holds"]

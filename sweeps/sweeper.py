@@ -1,0 +1,243 @@
+"""Our Optuna sweeper for Hydra (`hydra/sweeper=optuna`): pruning per phase, many workers on one
+study, each job told its trial.
+
+Why not the plugin's sweeper (hydra-optuna-sweeper 1.4.0rc3): it cannot prune (no pruner, the job
+never sees its trial, a pruned trial is recorded as FAIL; hydra#1954, #1710), it hands out trials in
+blocking batches of `n_jobs` (hydra#3091), and several sweeper processes on one study each run
+`n_trials`. We keep its search-space syntax and sampler configs (its `create_params_from_overrides`
+and `hydra/sweeper/sampler/*`), and replace the loop:
+
+- every job gets `+optuna.trial=<number>` (and `hydra.job.num` = the trial number, so the job folders
+  of several sweepers on one sweep dir never collide); the job reports each phase's objective and asks
+  the pruner (`sweeps.optuna_link`), and tells a pruned trial PRUNED itself;
+- each thread of this process (`n_jobs`, default 1) keeps one job in flight: ask a trial, launch it,
+  tell its value, ask the next; no batch barrier;
+- trials are asked under a lock held across every process sharing the study (a file lock next to a
+  SQLite database, a PostgreSQL or MySQL advisory lock), so the study ends with exactly `n_trials`
+  trials however many sweepers (same command, one or many machines) work on it. Optuna's own
+  `MaxTrialsCallback` can overshoot by one trial per extra worker, hence the lock.
+"""
+import contextlib
+import fcntl
+import functools
+import hashlib
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def study_lock(storage: str, study_name: str):
+    """Held by one process at a time among all that share `storage` and `study_name`."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    url = make_url(storage)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        path = Path(url.database or "optuna.db").resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    key = int.from_bytes(hashlib.sha256(f"distill-sweeps:{study_name}".encode()).digest()[:8], "big", signed=True)
+    if backend == "postgresql":
+        lock, unlock = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"
+    elif backend in ("mysql", "mariadb"):
+        lock, unlock, key = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)", f"distill-sweeps:{key}"
+    else:
+        log.warning("no lock for %s storages: several sweepers on one study may exceed n_trials", backend)
+        yield
+        return
+    engine = create_engine(url, poolclass=__import__("sqlalchemy.pool", fromlist=["NullPool"]).NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(lock), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text(unlock), {"k": key})
+    finally:
+        engine.dispose()
+
+
+def config_problem(sweeper: DictConfig, launcher: DictConfig) -> Optional[str]:
+    """Bad sweeper settings as one line (checked before the sweep's parent run exists), or None."""
+    from .optuna_link import PRUNERS
+    if str(sweeper.get("_target_", "")) != f"{__name__}.OptunaSweeper":
+        return None
+    storage, n_trials, n_jobs = sweeper.get("storage"), sweeper.get("n_trials"), sweeper.get("n_jobs")
+    if not storage or "://" not in str(storage):
+        return f"hydra.sweeper.storage must be a database URL (sqlite:///optuna.db, postgresql://...); got {storage!r}"
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        return f"hydra.sweeper.n_trials must be a positive integer; got {n_trials!r}"
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        return f"hydra.sweeper.n_jobs must be a positive integer; got {n_jobs!r}"
+    if n_jobs > 1 and str(launcher.get("_target_", "")).endswith("BasicLauncher"):
+        return (f"hydra.sweeper.n_jobs={n_jobs} needs a launcher that runs jobs in their own processes "
+                f"(hydra/launcher=joblib, submitit_local, slurm); or start the same command several times")
+    name = (sweeper.get("pruner") or {}).get("name", "none")
+    if name not in PRUNERS:
+        return f"hydra.sweeper.pruner.name must be one of {', '.join(PRUNERS)}; got {name!r}"
+    if not 0.0 <= float(sweeper.get("max_failure_rate", 1.0)) <= 1.0:
+        return f"hydra.sweeper.max_failure_rate must be in [0, 1]; got {sweeper.get('max_failure_rate')}"
+    return None
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, sampler: Any, direction: Any, storage: Optional[str], study_name: Optional[str],
+                 n_trials: int, n_jobs: int, max_failure_rate: float, custom_search_space: Optional[str],
+                 params: Optional[DictConfig], pruner: Any = None) -> None:
+        self.sampler = instantiate(sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*",
+                                                                   "optuna.samplers.*"))
+        self.direction, self.storage, self.study_name = direction, storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.pruner_spec = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
+        self.params = params
+        self.extend = instantiate({"_target_": custom_search_space, "_partial_": True}) if custom_search_space else None
+        self.failures = self.launched = 0
+        self.lock = threading.Lock()
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                task_function=task_function)
+
+    def _directions(self) -> list[str]:
+        d = self.direction
+        items = list(d) if isinstance(d, (list, tuple)) or OmegaConf.is_list(d) else [d]
+        return [getattr(x, "name", str(x)) for x in items]
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+
+        from .optuna_link import build_pruner, open_storage
+        from .redaction import redact
+        problem = config_problem(self.config.hydra.sweeper, self.config.hydra.launcher)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+        space = [f"{k!s}={v}" for k, v in (self.params or {}).items()] + list(arguments)
+        distributions, fixed, fixed_overrides = create_params_from_overrides(space)
+        for name in fixed:
+            distributions.pop(name, None)
+        if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
+            grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(v) for k, v in distributions.items()}
+            self.sampler = self.sampler(grid)
+            size = 1
+            for values in grid.values():
+                size *= len(values)
+            self.n_trials = min(self.n_trials, size)
+        self.directions = self._directions()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with study_lock(self.storage, self.study_name):  # (a fresh SQLite file gets its schema once)
+            self.study = optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage),
+                                             sampler=self.sampler, pruner=build_pruner(self.pruner_spec),
+                                             directions=self.directions, load_if_exists=True)
+        log.info("Optuna study %s in %s: %d trial(s) in total, %d job(s) in flight here, sampler %s, pruner %s",
+                 self.study_name, redact(str(self.storage)), self.n_trials, self.n_jobs, type(self.sampler).__name__,
+                 (self.pruner_spec or {}).get("name", "none"))
+        self.distributions, self.fixed, self.fixed_overrides = distributions, fixed, fixed_overrides
+        errors: list[BaseException] = []
+
+        def worker():
+            try:
+                while self._one_trial():
+                    pass
+            except BaseException as e:  # noqa: BLE001 (SystemExit from a job's bad input included)
+                errors.append(e)
+
+        if self.n_jobs == 1:
+            worker()
+        else:
+            threads = [threading.Thread(target=worker, name=f"sweeper-{i}") for i in range(self.n_jobs)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        self._write_results()
+
+    def _ask(self):
+        """The next trial of the study, or None once it holds n_trials (waiting, enqueued trials first)."""
+        import optuna
+        with study_lock(self.storage, self.study_name):
+            trials = self.study.get_trials(deepcopy=False)
+            waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+            if not waiting and len(trials) >= self.n_trials:
+                return None
+            trial = self.study.ask(fixed_distributions=self.distributions)
+        for name, value in self.fixed.items():
+            trial.set_user_attr(name, value)
+        if self.extend is not None:
+            self.extend(self.config, trial)
+        return trial
+
+    def _one_trial(self) -> bool:
+        import optuna
+        trial = self._ask()
+        if trial is None:
+            return False
+        params = {**trial.params, **self.fixed}
+        overrides = [f"{k}={v}" for k, v in params.items()] + list(self.fixed_overrides) + [f"+optuna.trial={trial.number}"]
+        log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in params.items()))
+        ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+        with self.lock:
+            self.launched += 1
+        state = self.study._storage.get_trial(trial._trial_id).state
+        if state.is_finished():  # the job told it (PRUNED)
+            log.info("trial %d: %s", trial.number, state.name)
+            return True
+        try:
+            values = ret.return_value if len(self.directions) > 1 else [ret.return_value]
+            values = [float(v) for v in values]
+            if len(values) != len(self.directions):
+                raise ValueError(f"the job returned {len(values)} values for {len(self.directions)} directions")
+            self.study.tell(trial, values=values)
+            log.info("trial %d: %s", trial.number, ", ".join(f"{v:.4g}" for v in values))
+        except Exception as e:  # a failed job: FAIL, and the sweep goes on within max_failure_rate
+            with contextlib.suppress(RuntimeError):  # (the grid sampler stops the study once the grid is done)
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, e)
+            with self.lock:
+                self.failures += 1
+                too_many = self.failures / self.launched > self.max_failure_rate
+            if too_many:
+                log.error("%d of %d trials failed, more than max_failure_rate=%s", self.failures, self.launched,
+                          self.max_failure_rate)
+                raise
+        return True
+
+    def _write_results(self) -> None:
+        import optuna
+        done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        states = {}
+        for t in self.study.get_trials(deepcopy=False):
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        log.info("study %s: %s", self.study_name, ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())))
+        if not done:
+            return
+        if len(self.directions) == 1:
+            best = self.study.best_trial
+            results = {"name": "optuna", "best_params": best.params, "best_value": best.value,
+                       "best_trial": best.number, "trials": states}
+            log.info("best trial %d: value %.6g, params %s", best.number, best.value, best.params)
+        else:
+            results = {"name": "optuna", "trials": states,
+                       "solutions": [{"params": t.params, "values": t.values} for t in self.study.best_trials]}
+        OmegaConf.save(OmegaConf.create(results), Path(str(self.config.hydra.sweep.dir)) / "optimization_results.yaml")
