@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -44,7 +44,7 @@ class DistillConfig:
     mu_i: float = 0.0
     mu_i_residual: Optional[float] = None  # TRACT's rule: mu_i = residual ** (1 / updates_per_phase)
     weighting: str = "truncated_snr"
-    updates_per_phase: int = 300
+    updates_per_phase: Union[int, Sequence[int]] = 300  # or one count per phase: [150, 450] for [256, 16, 1]
     batch_size: int = 128
     lr: float = 3e-4
     lr_schedule: str = "linear"  # linear: anneal to 0 over each phase (PD); constant (ml-tract)
@@ -81,9 +81,14 @@ def validate(cfg: DistillConfig) -> None:
             raise ValueError(f"distill.{key} must be in [0, 1); got {getattr(cfg, key)}")
     if cfg.mu_i_residual is not None and not 0.0 < cfg.mu_i_residual < 1.0:
         raise ValueError(f"distill.mu_i_residual must be in (0, 1) or null; got {cfg.mu_i_residual}")
-    for key in ("updates_per_phase", "batch_size"):
-        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
-            raise ValueError(f"distill.{key} must be a positive integer; got {getattr(cfg, key)}")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ValueError(f"distill.batch_size must be a positive integer; got {cfg.batch_size}")
+    u = cfg.updates_per_phase
+    if not ((isinstance(u, int) and not isinstance(u, bool) and u >= 1) or
+            (isinstance(u, (list, tuple)) and len(u) == len(s) - 1 and
+             all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in u))):
+        raise ValueError(f"distill.updates_per_phase must be a positive integer or a list of {len(s) - 1} (one per "
+                         f"phase of {s}); got {u}")
     if not cfg.lr > 0:
         raise ValueError(f"distill.lr must be > 0; got {cfg.lr}")
     for key, allowed in CHOICES.items():
@@ -92,9 +97,15 @@ def validate(cfg: DistillConfig) -> None:
     check_weighting(cfg.weighting)
 
 
-def inference_momentum(cfg: DistillConfig) -> float:
+def phase_updates(cfg: DistillConfig) -> list:
+    """Each phase's update count."""
+    u = cfg.updates_per_phase
+    return list(u) if isinstance(u, (list, tuple)) else [u] * (len(cfg.schedule) - 1)
+
+
+def inference_momentum(cfg: DistillConfig, phase: int = 0) -> float:
     if cfg.mu_i_residual is not None:
-        return cfg.mu_i_residual ** (1.0 / cfg.updates_per_phase)
+        return cfg.mu_i_residual ** (1.0 / phase_updates(cfg)[phase])
     return cfg.mu_i
 
 
@@ -245,14 +256,16 @@ class Distiller:
         schedule = list(cfg.schedule)
         # the evaluation's reference: rank 0 evaluates, the other ranks only train
         reference = self.original_teacher.sample(self.eval_noise, schedule[0]) if self.placement.is_main else None
-        n_phases = len(schedule) - 1
+        n_phases, updates = len(schedule) - 1, phase_updates(cfg)
+        self.starts = [sum(updates[:i]) for i in range(n_phases + 1)]  # cumulative updates before each phase
         while self.phase < n_phases:
             p = self.phase
             teacher_steps, student_steps = schedule[p], schedule[p + 1]
             log.info("phase %d/%d (%s): %d -> %d steps, %d updates", p + 1, n_phases, cfg.method,
-                     teacher_steps, student_steps, cfg.updates_per_phase)
-            self._global_step = p * cfg.updates_per_phase + self.step
-            settings = LoopSettings(updates=cfg.updates_per_phase, lr=cfg.lr, anneal=cfg.lr_schedule == "linear",
+                     teacher_steps, student_steps, updates[p])
+            self._global_step = self.starts[p] + self.step
+            self.ema_i.momentum = inference_momentum(cfg, p)  # (per phase under mu_i_residual)
+            settings = LoopSettings(updates=updates[p], lr=cfg.lr, anneal=cfg.lr_schedule == "linear",
                                     grad_clip=cfg.grad_clip, log_every=cfg.log_every,
                                     checkpoint_every=cfg.checkpoint_every, progress=self.progress,
                                     desc=f"{cfg.method} {teacher_steps}->{student_steps}", metric_prefix="distill")
@@ -264,7 +277,7 @@ class Distiller:
 
             self._x_hat = self.placement.wrap(self.student)  # (BTD starts a fresh student every phase)
             run_updates(self.student, self.optimizer, lambda: self.loss(teacher_steps, student_steps), settings,
-                        start=self.step, step_offset=p * cfg.updates_per_phase, emas=emas,
+                        start=self.step, step_offset=self.starts[p], emas=emas,
                         callback=self.callback, save_checkpoint=save_mid, placement=self.placement)
             for name, module in (("student", self.student), ("inference EMA", self.ema_i),
                                  ("self-teacher", self.self_teacher)):
@@ -281,7 +294,7 @@ class Distiller:
         return DistillResult(final, self.results, None if self.phase == n_phases else self.phase)
 
     def _keep_going(self, p: int) -> bool:
-        go = self.callback.keep_going(p, (p + 1) * self.cfg.updates_per_phase, self.results[-1].metrics) \
+        go = self.callback.keep_going(p, self.starts[p + 1], self.results[-1].metrics) \
             if self.placement.is_main else True
         return self.placement.agree(bool(go))
 

@@ -214,7 +214,8 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
         if value is None:
             fail(f"objective={cfg.objective} was not computed (enable eval.{cfg.objective})")
         if trial is not None:  # the last phase's value is the trial's last intermediate value too
-            trial.report(value, len(result.phases) * cfg.distill.updates_per_phase)
+            from distill_core.distill import phase_updates
+            trial.report(value, sum(phase_updates(dc)))
         mlflow.log_metric("objective", float(value), step=len(result.phases))
         job.update(status="FINISHED")
         return float(value)

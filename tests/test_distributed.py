@@ -105,6 +105,26 @@ def test_distillation_on_two_ranks_equals_one_device(teachers, digits, method, t
     assert (tmp_path / "job2" / "phase2_2steps.pt").is_file()
 
 
+class StoppingCallback(LineCallback):
+    def keep_going(self, phase, update, metrics):
+        return False  # (only rank 0's callback is asked)
+
+
+class StoppingRecorder(FileRecorder):
+    def callback(self, *args, **kwargs):
+        return StoppingCallback(self.path)
+
+
+def test_a_stop_decided_on_rank_0_stops_every_rank_at_the_phase_end(teachers, digits, tmp_path):
+    """A sweep's pruner answers on rank 0 only; the other rank follows it out of the loop (no hang)."""
+    cfg = DistillConfig(schedule=[8, 4, 2, 1], updates_per_phase=4, batch_size=32, checkpoint_every=0, log_every=4)
+    result = Ranks(2, "cpu").run(distill_task, teachers[1][0], digits, cfg, tmp_path / "job", StoppingRecorder(
+        tmp_path / "losses.jsonl"), torch.randn(8, 1, 8, 8))
+    assert result.stopped_after == 1 and [p.steps for p in result.phases] == [4]
+    assert result.model.info["steps"] == 4 and result.model.info["schedule"] == [8, 4]
+    assert [step for step, m in StoppingRecorder(tmp_path / "losses.jsonl").read() if "gap" in m] == [1]
+
+
 # --- tasks for the failure tests (module-level: spawned workers import them by name) ---
 def raising_task(placement, device, message):
     if placement.rank == 1:

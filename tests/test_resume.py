@@ -51,3 +51,36 @@ def test_resume_after_a_crash_in_phase_two_gives_identical_weights(setup, method
         assert torch.allclose(a, b, atol=1e-6)
     assert result.phases[-1].metrics["gap"] == pytest.approx(twin.phases[-1].metrics["gap"], rel=1e-5)
     assert (tmp_path / "job" / "phase1_4steps.pt").is_file() and (tmp_path / "job" / "phase2_1steps.pt").is_file()
+
+
+class AskedAt(RecordingCallback):
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def keep_going(self, phase, update, metrics):
+        self.asked.append((phase, update))
+        return True
+
+
+def test_update_counts_per_phase(setup, tmp_path):
+    """`updates_per_phase=[a, b]`: [n, n] is exactly `n`; [20, 40] trains 20 then 40 updates, logs at the
+    cumulative update count, asks to go on at update 20, and derives each phase's mu_i from the residual."""
+    toy, teacher = setup
+    base = dict(schedule=[16, 4, 1], batch_size=64, lr=1e-3, mu_i_residual=0.01, checkpoint_every=0, log_every=10)
+    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    uniform = Distiller(teacher, toy, DistillConfig(updates_per_phase=30, **base), tmp_path / "a", progress=False,
+                        eval_noise=noise).run()
+    listed = Distiller(teacher, toy, DistillConfig(updates_per_phase=[30, 30], **base), tmp_path / "b", progress=False,
+                       eval_noise=noise).run()
+    for a, b in zip(uniform.model.parameters(), listed.model.parameters()):
+        assert torch.equal(a, b)
+    recorder = AskedAt()
+    uneven = Distiller(teacher, toy, DistillConfig(updates_per_phase=[20, 40], **base), tmp_path / "c",
+                       callback=recorder, progress=False, eval_noise=noise)
+    uneven.run()
+    assert [step for step, m in recorder.metrics if "distill/loss" in m] == [10, 20, 30, 40, 50, 60]
+    assert recorder.asked == [(0, 20)]
+    assert uneven.ema_i.momentum == pytest.approx(0.01 ** (1 / 40))
+    with pytest.raises(ValueError, match=r"distill.updates_per_phase must be a positive integer or a list of 2"):
+        Distiller(teacher, toy, DistillConfig(updates_per_phase=[20], **base), tmp_path / "d")
