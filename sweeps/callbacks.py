@@ -35,7 +35,7 @@ class MlflowSweepCallback(Callback):
         overrides = redact(" ".join(config.hydra.overrides.task))
         try:
             run = MlflowClient().create_run(exp_id, run_name=f"sweep {os.path.basename(sweep_dir)}",
-                                            tags={"sweep.dir": sweep_dir, "sweep.overrides": overrides,
+                                            tags={"role": "sweep", "sweep.dir": sweep_dir, "sweep.overrides": overrides,
                                                   "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]})
         except Exception as e:
             if not tracking.denied(e):
@@ -44,7 +44,7 @@ class MlflowSweepCallback(Callback):
                   f"in experiment {config.experiment_name} (403 {e.error_code}); ask its owner for EDIT access",
                   file=sys.stderr, flush=True)
             raise SystemExit(2)
-        self.run_id = run.info.run_id
+        self.run_id, self.link = run.info.run_id, tracking.ui_link(str(config.tracking.uri), exp_id)
         os.environ[tracking.PARENT_ENV] = self.run_id
         os.environ[tracking.SWEEP_ENV] = self.run_id
 
@@ -52,3 +52,4 @@ class MlflowSweepCallback(Callback):
         if self.run_id:
             from mlflow.tracking import MlflowClient
             MlflowClient().set_terminated(self.run_id, "FINISHED")
+            print(f"runs: {self.link}", flush=True)

@@ -133,11 +133,11 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
     out.mkdir(parents=True, exist_ok=True)
     job = JobRecord(Path(cfg.cache_dir) / "jobs" / job_key(cfg), out)
     resume_id = job.resumable_run(mlflow)
-    tags = {"method": dc.method, "family": tc.family["family"], "git_commit": tracking.git_commit(),
+    tags = {"role": "student", "method": dc.method, "family": tc.family["family"], "git_commit": tracking.git_commit(),
             "overrides": " ".join(hydra_overrides()),
             "sweep_id": os.environ.get(tracking.SWEEP_ENV, ""), "output_dir": str(out), "job_dir": str(job.dir),
             **(trial.tags() if trial else {})}
-    tags = {k: redact(str(v)) for k, v in tags.items()}  # the REST store accepts only string tag values
+    tags = {k: redact(str(v)) for k, v in tags.items() if str(v)}  # string values only (REST store); none empty
     parent = tracking.parent_run_id()
     try:
         if resume_id:
@@ -218,6 +218,8 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
             trial.report(value, sum(phase_updates(dc)))
         mlflow.log_metric("objective", float(value), step=len(result.phases))
         job.update(status="FINISHED")
+        if parent is None:  # (a sweep prints its own link at its end)
+            print(f"runs: {tracking.ui_link(cfg.tracking.uri, exp_id)}", flush=True)
         return float(value)
 
 

@@ -44,6 +44,15 @@ def setup(uri: str, experiment_name: str) -> str:
         return client.get_experiment_by_name(experiment_name).experiment_id
 
 
+def ui_link(uri: str, experiment_id: str) -> str:
+    """Where to look: the experiment's runs table (MLflow 3's UI otherwise opens on its GenAI view);
+    for a database store, with the command that serves it."""
+    view = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{redact(uri).rstrip('/')}/{view}"
+    return f"http://127.0.0.1:5000/{view} (after: mlflow ui --backend-store-uri {redact(uri)})"
+
+
 class AuthError(RuntimeError):
     """The tracking server refused this user (401) or this action (403): one line for the user."""
 

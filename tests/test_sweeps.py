@@ -46,6 +46,10 @@ def runs(store, filter_string=""):
 
 
 def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, mission):
+    exp = mlflow.get_experiment_by_name("distill-sweeps").experiment_id
+    links = [line for line in mission.stdout.splitlines() if line.startswith("runs: ")]
+    assert links == [f"runs: http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning "
+                     f"(after: mlflow ui --backend-store-uri sqlite:///{store}/mlflow.db)"], "one link, the sweep's"
     all_runs = runs(store)
     students = [r for r in all_runs if r.data.tags.get("method") == "tract"]
     assert len(students) == 3
@@ -63,6 +67,8 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     assert all(r.data.tags["sweep_id"] == parent.info.run_id for r in students)
     teachers = [r for r in all_runs if r.data.tags.get("role") == "teacher"]
     assert len(teachers) == 1, "exactly one teacher is trained for the sweep"
+    assert sorted(r.data.tags.get("role") for r in all_runs) == ["student"] * 3 + ["sweep", "teacher"]
+    assert all(v != "" for r in all_runs for v in r.data.tags.values()), "no empty tags"
     client = MlflowClient()
     assert len(client.search_model_versions("name = 'distill-teachers'")) == 1
     versions = client.search_model_versions("name = 'distill-students'")
