@@ -205,6 +205,7 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
             version = registry.log_and_register(
                 student, "student", cfg.registry.name,
                 {"method": dc.method, "family": tc.family["family"], "steps": last.steps, "schedule": dc.schedule,
+                 "dataset": cfg.data.name,
                  "teacher_version": teacher_version,
                  "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id, pickle=cfg.registry.pickle)
             job.update(registered_version=version)

@@ -44,10 +44,10 @@ def setup(uri: str, experiment_name: str) -> str:
         return client.get_experiment_by_name(experiment_name).experiment_id
 
 
-def ui_link(uri: str, experiment_id: str) -> str:
-    """Where to look: the experiment's runs table (MLflow 3's UI otherwise opens on its GenAI view);
-    for a database store, with the command that serves it."""
-    view = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def ui_link(uri: str, experiment_id: str = "", page: str = "") -> str:
+    """Where to look: the experiment's runs table (MLflow 3's UI otherwise opens on its GenAI view),
+    or another `page` of the UI; for a database store, with the command that serves it."""
+    view = page or f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
         return f"{redact(uri).rstrip('/')}/{view}"
     return f"http://127.0.0.1:5000/{view} (after: mlflow ui --backend-store-uri {redact(uri)})"

@@ -104,6 +104,32 @@ def test_promote_moves_the_alias_to_the_best_version_and_the_champion_samples(st
     assert teacher.sample(noise, 1).shape == noise.shape
     refused = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "precision"], store)
     assert refused.returncode == 2 and "--metric precision: none of the 3 versions" in refused.stderr
+    teacher_version = best.tags["teacher_version"]
+    assert f"ranked 3 version(s) by gap with steps=1, teacher_version={teacher_version}, dataset=digits\n" in proc.stdout
+    assert f"champion: http://127.0.0.1:5000/#/models/distill-students/versions/{best.version} (after: mlflow ui" \
+        in proc.stdout
+
+
+def test_promote_ranks_only_comparable_students(store, mission):
+    """A 4-step student with a far better gap and FID is not compared with the 1-step champion unless asked."""
+    client = MlflowClient()
+    one = client.search_model_versions("name = 'distill-students'")[0]
+    four = client.create_model_version("distill-students", one.source, run_id=one.run_id,
+                                       tags={**one.tags, "steps": "4", "gap": "0.001", "fid": "0.001"})
+    try:
+        proc = run_cli("sweeps.promote", ["--model", "distill-students"], store)  # default metric: fid
+        assert proc.returncode == 0, proc.stderr
+        champion = client.get_model_version_by_alias("distill-students", "champion")
+        assert champion.tags["steps"] == "1" and "by fid with steps=1" in proc.stdout
+        assert "; 1 not comparable left out" in proc.stdout
+        proc = run_cli("sweeps.promote", ["--model", "distill-students", "--steps", "4", "--alias", "four"], store)
+        assert proc.returncode == 0 and client.get_model_version_by_alias("distill-students", "four").version == \
+            four.version
+        refused = run_cli("sweeps.promote", ["--model", "distill-students", "--steps", "2"], store)
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert refused.returncode == 2 and len(errors) == 1 and "no version of distill-students with steps=2" in errors[0]
+    finally:
+        client.delete_model_version("distill-students", four.version)
 
 
 def test_two_sweepers_on_one_study_prune_the_bad_trials_and_link_every_run_to_its_trial(store, mission):
