@@ -4,6 +4,7 @@ The core calls these hooks; `sweeps.tracking` implements them with MLflow, tests
 list, the defaults print nothing. Nothing here knows about MLflow.
 """
 from pathlib import Path
+from typing import Optional
 
 
 class Callback:
@@ -14,8 +15,9 @@ class Callback:
     def on_checkpoint(self, path: Path, sha256: str, name: str) -> None:
         """A checkpoint file was written atomically (its sha256 is recorded with it)."""
 
-    def on_image(self, path: Path, name: str) -> None:
-        """A PNG (sample grid) was written."""
+    def on_image(self, path: Path, name: str, step: Optional[int] = None) -> None:
+        """A PNG (sample grid) was written; `step`: the cumulative update count it shows the model at
+        (0: the teacher's reference grid), for an image view with a step slider."""
 
     def on_phase_end(self, phase: int, steps: int, model, metrics: dict) -> dict:
         """A phase finished; `model` is the one that will be evaluated at `steps` steps.
@@ -41,8 +43,8 @@ class RecordingCallback(Callback):
     def on_checkpoint(self, path, sha256, name):
         self.checkpoints.append((Path(path), sha256, name))
 
-    def on_image(self, path, name):
-        self.images.append((Path(path), name))
+    def on_image(self, path, name, step=None):
+        self.images.append((Path(path), name, step))
 
     def on_phase_end(self, phase, steps, model, metrics):
         self.phases.append((phase, steps, dict(metrics)))

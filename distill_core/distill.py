@@ -250,12 +250,16 @@ class Distiller:
     # --- the job ---
     def run(self, resume: bool = True) -> DistillResult:
         cfg = self.cfg
-        if resume and self.checkpoint_path.exists():
+        resumed = resume and self.checkpoint_path.exists()
+        if resumed:
             self.load(self.checkpoint_path)
             log.info("resuming distillation at phase %d, update %d", self.phase + 1, self.step)
         schedule = list(cfg.schedule)
         # the evaluation's reference: rank 0 evaluates, the other ranks only train
         reference = self.original_teacher.sample(self.eval_noise, schedule[0]) if self.placement.is_main else None
+        if reference is not None and not resumed:  # the teacher's grid from the same noise, beside the students'
+            grid = save_grid(reference, self.workdir / f"samples_teacher_{schedule[0]}steps.png")
+            self.callback.on_image(grid, grid.name, 0)
         n_phases, updates = len(schedule) - 1, phase_updates(cfg)
         self.starts = [sum(updates[:i]) for i in range(n_phases + 1)]  # cumulative updates before each phase
         while self.phase < n_phases:
@@ -319,7 +323,7 @@ class Distiller:
                    "teacher_gap": gap(self.original_teacher, self.eval_noise, student_steps, reference)}
         grid = self.workdir / f"samples_phase{p + 1}_{student_steps}steps.png"
         save_grid(model.sample(self.eval_noise, student_steps), grid)
-        self.callback.on_image(grid, grid.name)
+        self.callback.on_image(grid, grid.name, self.starts[p + 1])
         metrics.update(self.callback.on_phase_end(p, student_steps, model, metrics) or {})
         # step = phase index (1, 2, ...): increasing, so a run's latest value is its final phase's
         self.callback.on_metrics({**metrics, "phase_steps": student_steps}, p + 1)

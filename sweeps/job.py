@@ -162,6 +162,8 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
             resolved.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
             mlflow.log_artifact(str(resolved))
         data_cfg = {"name": cfg.data.name, "split": cfg.data.split, "root": cfg.data.root}
+        if not resume_id:
+            tracking.log_dataset(data, data_cfg)
         if job.get("teacher_version"):  # a resumed job keeps the teacher it started with
             teacher_version = job.get("teacher_version")
             teacher = registry.load(f"models:/{teacher_version}", ranks.host_device, allow_pickle=cfg.registry.pickle)

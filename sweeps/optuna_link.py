@@ -108,8 +108,8 @@ class PruningCallback(Callback):
     def on_checkpoint(self, path, sha256, name):
         self.inner.on_checkpoint(path, sha256, name)
 
-    def on_image(self, path, name):
-        self.inner.on_image(path, name)
+    def on_image(self, path, name, step=None):
+        self.inner.on_image(path, name, step)
 
     def on_phase_end(self, phase, steps, model, metrics):
         return self.inner.on_phase_end(phase, steps, model, metrics)

@@ -112,6 +112,8 @@ def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, ranks, run_id: str
             mlflow.log_params({f"teacher.{k}": v for k, v in asdict(tc).items() if k != "family"})
             mlflow.log_params({f"diffusion.{k}": v for k, v in tc.family.items()})
             mlflow.log_params({f"data.{k}": v for k, v in data_cfg.items()})
+            from .tracking import log_dataset
+            log_dataset(data, data_cfg)
             try:
                 teacher = ranks.run(teacher_task, data, tc, Reporter(mlflow.get_tracking_uri(), run.info.run_id),
                                     cache / "teachers" / key / "train_state.pt")

@@ -134,6 +134,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+DATA_SOURCES = {"digits": "https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+                "mnist": "https://yann.lecun.com/exdb/mnist/", "fashion_mnist": "https://github.com/zalandoresearch/fashion-mnist",
+                "cifar10": "https://www.cs.toronto.edu/~kriz/cifar.html"}
+
+
+def log_dataset(data, data_cfg: dict) -> None:
+    """The training data as the active run's input (the UI's Dataset column): name-split, digest, source.
+    A convenience: a failure here is a warning, never a failed job."""
+    try:
+        source = data_cfg.get("root") or DATA_SOURCES.get(data.name)
+        dataset = mlflow.data.from_numpy(data.values.cpu().numpy(), name=f"{data.name}-{data_cfg['split']}",
+                                         source=source)
+        mlflow.log_input(dataset, context="training", tags={"split": str(data_cfg["split"])})
+    except Exception as e:  # noqa: BLE001
+        import logging
+        logging.getLogger(__name__).warning("could not log the dataset as the run's input: %s", e)
+
+
+IMAGE_UPSCALE = 2  # the grids' 8x8 digits are drawn 32 px wide; the UI's image cards show them at 64
+
+
 class MlflowCallback(Callback):
     """Sends what the core reports to the active MLflow run."""
 
@@ -152,8 +173,15 @@ class MlflowCallback(Callback):
             mlflow.log_artifact(str(path), "checkpoints", run_id=self.run_id)
             MlflowClient().set_tag(self.run_id, f"checkpoint.{Path(path).name}.sha256", sha256)
 
-    def on_image(self, path, name):
+    def on_image(self, path, name, step=None):
         mlflow.log_artifact(str(path), "samples", run_id=self.run_id)
+        if step is not None:  # MLflow's image view: key `samples` per phase (step slider), `teacher_samples`
+            import numpy as np
+            from PIL import Image
+            image = np.asarray(Image.open(path).convert("RGB"))
+            image = image.repeat(IMAGE_UPSCALE, axis=0).repeat(IMAGE_UPSCALE, axis=1)  # nearest: crisp digits
+            key = "teacher_samples" if name.startswith("samples_teacher") else "samples"
+            MlflowClient().log_image(self.run_id, image, key=key, step=int(step))
 
     def on_phase_end(self, phase, steps, model, metrics):
         return self.extra_metrics(phase, steps, model) if self.extra_metrics else {}

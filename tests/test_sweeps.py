@@ -67,9 +67,18 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     assert all(r.data.tags["sweep_id"] == parent.info.run_id for r in students)
     teachers = [r for r in all_runs if r.data.tags.get("role") == "teacher"]
     assert len(teachers) == 1, "exactly one teacher is trained for the sweep"
+    for r in students + teachers:  # the training data as each run's input (the UI's Dataset column)
+        (used,) = r.inputs.dataset_inputs
+        assert used.dataset.name == "digits-train" and len(used.dataset.digest) == 8
+        assert {t.key: t.value for t in used.tags} == {"mlflow.data.context": "training", "split": "train"}
+    assert len({r.inputs.dataset_inputs[0].dataset.digest for r in students + teachers}) == 1
     assert sorted(r.data.tags.get("role") for r in all_runs) == ["student"] * 3 + ["sweep", "teacher"]
     assert all(v != "" for r in all_runs for v in r.data.tags.values()), "no empty tags"
     client = MlflowClient()
+    for r in students:  # MLflow's image view: the teacher's grid, then each phase's at its cumulative update
+        images = [a.path for a in client.list_artifacts(r.info.run_id, "images") if a.path.endswith(".png")]
+        assert sorted(p.split("/")[1].split("+timestamp")[0] for p in images) == \
+            ["samples+step+10", "samples+step+20", "teacher_samples+step+0"]
     assert len(client.search_model_versions("name = 'distill-teachers'")) == 1
     versions = client.search_model_versions("name = 'distill-students'")
     assert len(versions) == 3
@@ -81,7 +90,7 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     files = {a.path for a in client.list_artifacts(students[0].info.run_id, "checkpoints")}
     assert {"checkpoints/phase1_2steps.pt", "checkpoints/phase2_1steps.pt"} <= files
     assert any(k.startswith("checkpoint.phase2_1steps.pt.sha256") for k in students[0].data.tags)
-    assert len(client.list_artifacts(students[0].info.run_id, "samples")) == 2
+    assert len(client.list_artifacts(students[0].info.run_id, "samples")) == 3  # the teacher's and two phases'
     # training loss is logged at update counts, per-phase values at the phase's step count
     history = client.get_metric_history(students[0].info.run_id, "gap")
     assert sorted(m.step for m in history) == [1, 2]
