@@ -51,6 +51,26 @@ def hydra_overrides() -> list[str]:
         return []
 
 
+NOT_IN_NAMES = ("hydra", "debug", "eval", "tracking", "experiment_name", "experiment", "optuna", "registry",
+                "cache_dir", "device", "devices", "nodes", "compile")
+
+
+def run_label(method: str, family: str, schedule) -> str:
+    """The run's name: method, family, schedule and the values this job was given on the command line
+    (a sweep's swept values), e.g. `tract vp 256-16-1 mu_s=0.9`."""
+    given = []
+    for override in hydra_overrides():
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep or key.split(".")[0] in NOT_IN_NAMES or key in ("distill.schedule",):
+            continue
+        try:
+            value = f"{float(value):.4g}" if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+        given.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join([method, family, "-".join(map(str, schedule)), *given])[:250]
+
+
 def run_job(cfg: DictConfig) -> float:
     from .redaction import redact, redact_logs
     redact_logs()  # this process's log handlers (Hydra configures them per job)
@@ -146,7 +166,7 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
         else:
             run_ctx = mlflow.start_run(experiment_id=exp_id, parent_run_id=parent,
                                        nested=mlflow.active_run() is not None, tags=tags,
-                                       run_name=f"{dc.method} {tc.family['family']} {'-'.join(map(str, dc.schedule))}")
+                                       run_name=run_label(dc.method, tc.family["family"], dc.schedule))
             job.reset()  # a fresh job: only once its run exists (a refused run loses nothing)
     except mlflow.exceptions.MlflowException as e:
         if not tracking.denied(e):

@@ -71,11 +71,45 @@ def log_and_register(model, name: str, registered_name: str, tags: dict, run_id:
                 info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE),
                                                pip_requirements=PIP_REQUIREMENTS, signature=signature(model),
                                                artifacts={"weights": str(weights), "config": str(config)})
-    clean = {k: str(v) for k, v in tags.items() if v is not None}
+    clean = {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in tags.items() if v is not None}
     clean.update(weights_sha256=digest, format="pickle" if pickle else "weights")
     version = mlflow.register_model(info.model_uri, registered_name, tags=clean)
-    MlflowClient().set_tag(run_id, f"registry.{name}", f"{registered_name}/{version.version}")
+    client = MlflowClient()
+    client.set_tag(run_id, f"registry.{name}", f"{registered_name}/{version.version}")
+    describe(client, registered_name, version.version, name, clean)
     return version.version
+
+
+MODEL_DESCRIPTION = """Diffusion {role}s from distill-sweeps (digits to CIFAR-10; VP/DDIM or EDM noise families).
+
+Load and sample (no pickle; the weights' sha256 is checked first):
+
+    import torch; from sweeps import registry
+    m = registry.load("models:/{name}@champion")        # or models:/{name}/<version>
+    images = m.sample(torch.randn(16, *m.data_shape), steps)   # in [-1, 1]
+
+or `mlflow.pyfunc.load_model(uri).predict(noise)` (samples at the version's own step count; params={{"steps": N}}).
+
+Version tags: method (tract | btd), family (vp | edm), steps (the step count it samples with), schedule,
+dataset, teacher_version (what it was distilled from), gap (RMSE to the teacher's many-step samples from the
+same noise), teacher_gap (the teacher's own gap at the same step count), pixel_fd / fid / kid (where
+computed), run_id (the MLflow run with its metrics, grids and checkpoints), weights_sha256, format."""
+
+
+def describe(client, registered_name: str, version: str, role: str, tags: dict) -> None:
+    """What a registered model is and how to use it (once), and a one-line version description."""
+    try:
+        if not client.get_registered_model(registered_name).description:
+            client.update_registered_model(registered_name, description=MODEL_DESCRIPTION.format(
+                role=role, name=registered_name))
+        what = (f"{tags.get('method', role)} {tags.get('family', '')} student, {tags.get('steps')} step(s), "
+                f"schedule {tags.get('schedule')}, from {tags.get('teacher_version')}: gap {tags.get('gap')} "
+                f"(teacher at the same steps {tags.get('teacher_gap')})" if role == "student" else
+                f"{tags.get('family', '')} teacher ({tags.get('preset')}, {tags.get('parameterization')}) on "
+                f"{tags.get('dataset')}, key {tags.get('teacher_key')}")
+        client.update_model_version(registered_name, version, description=what)
+    except mlflow.exceptions.MlflowException as e:  # a description is a courtesy: never fail a job over it
+        logging.getLogger(__name__).warning("could not describe %s/%s: %s", registered_name, version, e)
 
 
 def version_of(uri: str):

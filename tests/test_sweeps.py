@@ -54,6 +54,7 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     students = [r for r in all_runs if r.data.tags.get("method") == "tract"]
     assert len(students) == 3
     assert sorted(float(r.data.params["distill.mu_s"]) for r in students) == [0.5, 0.9, 0.99]
+    assert sorted(r.info.run_name for r in students) == [f"tract vp 8-2-1 mu_s={v}" for v in ("0.5", "0.9", "0.99")]
     assert all(r.info.status == "FINISHED" for r in students)
     assert all({"gap", "teacher_gap", "fid", "kid", "fid_num_samples"} <= set(r.data.metrics) for r in students)
     protocol = students[0].data.tags  # the FID protocol is on every run that has a FID
@@ -80,6 +81,11 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
         assert sorted(p.split("/")[1].split("+timestamp")[0] for p in images) == \
             ["samples+step+10", "samples+step+20", "teacher_samples+step+0"]
     assert len(client.search_model_versions("name = 'distill-teachers'")) == 1
+    model = client.get_registered_model("distill-students")  # what it is, how to load it, what tags mean
+    assert "registry.load(\"models:/distill-students@champion\")" in model.description
+    for v in client.search_model_versions("name = 'distill-students'"):
+        assert v.description.startswith("tract vp student, 1 step(s), schedule [8, 2, 1], from distill-teachers/1")
+        assert len(v.tags["gap"].replace(".", "").lstrip("0")) <= 4, v.tags["gap"]  # 4 significant digits
     versions = client.search_model_versions("name = 'distill-students'")
     assert len(versions) == 3
     assert {v.run_id for v in versions} == {r.info.run_id for r in students}
@@ -101,8 +107,8 @@ def test_promote_moves_the_alias_to_the_best_version_and_the_champion_samples(st
     assert proc.returncode == 0, proc.stderr
     client = MlflowClient()
     versions = client.search_model_versions("name = 'distill-students'")
-    best = min(versions, key=lambda v: float(v.tags["gap"]))
-    assert client.get_model_version_by_alias("distill-students", "champion").version == best.version
+    best = client.get_model_version_by_alias("distill-students", "champion")
+    assert float(best.tags["gap"]) == min(float(v.tags["gap"]) for v in versions)  # (ties: the newest)
     assert f"-> version {best.version}" in proc.stdout and "none ->" in proc.stdout
     model = registry.load("models:/distill-students@champion")
     noise = torch.randn(4, *model.data_shape, generator=torch.Generator().manual_seed(0))
