@@ -41,6 +41,7 @@ def study_lock(storage: str, study_name: str):
     """Held by one process at a time among all that share `storage` and `study_name`."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
     url = make_url(storage)
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -62,7 +63,7 @@ def study_lock(storage: str, study_name: str):
         log.warning("no lock for %s storages: several sweepers on one study may exceed n_trials", backend)
         yield
         return
-    engine = create_engine(url, poolclass=__import__("sqlalchemy.pool", fromlist=["NullPool"]).NullPool)
+    engine = create_engine(url, poolclass=NullPool)  # one connection, held while the lock is
     try:
         with engine.connect() as conn:
             conn.execute(text(lock), {"k": key})
