@@ -9,8 +9,12 @@ from typing import Optional
 
 class Callback:
     def on_metrics(self, metrics: dict, step: int) -> None:
-        """Scalar metrics at `step` (training loss at global update counts; per-phase values at the
-        phase index 1, 2, ..., with the phase's step count as `phase_steps`)."""
+        """Scalar metrics at `step`, a cumulative update count (the training losses)."""
+
+    def on_phase_metrics(self, phase: int, steps: int, update: int, metrics: dict) -> None:
+        """The evaluation of phase `phase` (0-based): the `steps`-step student after `update` cumulative
+        updates (gap, teacher_gap, FID, ...). By default recorded like any metrics at step `update`."""
+        self.on_metrics(metrics, update)
 
     def on_checkpoint(self, path: Path, sha256: str, name: str) -> None:
         """A checkpoint file was written atomically (its sha256 is recorded with it)."""
@@ -39,6 +43,9 @@ class RecordingCallback(Callback):
 
     def on_metrics(self, metrics, step):
         self.metrics.append((step, dict(metrics)))
+
+    def on_phase_metrics(self, phase, steps, update, metrics):
+        self.metrics.append((update, {**metrics, "steps": steps}))
 
     def on_checkpoint(self, path, sha256, name):
         self.checkpoints.append((Path(path), sha256, name))

@@ -325,8 +325,8 @@ class Distiller:
         save_grid(model.sample(self.eval_noise, student_steps), grid)
         self.callback.on_image(grid, grid.name, self.starts[p + 1])
         metrics.update(self.callback.on_phase_end(p, student_steps, model, metrics) or {})
-        # step = phase index (1, 2, ...): increasing, so a run's latest value is its final phase's
-        self.callback.on_metrics({**metrics, "phase_steps": student_steps}, p + 1)
+        # at the cumulative update count: the losses' x-axis, and a run's latest value is its final phase's
+        self.callback.on_phase_metrics(p, student_steps, self.starts[p + 1], metrics)
         log.info("phase %d done: %d steps, gap %.4f (teacher at %d steps: %.4f)", p + 1, student_steps,
                  metrics["gap"], student_steps, metrics["teacher_gap"])
         return metrics

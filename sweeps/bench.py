@@ -160,6 +160,9 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
     out["sampler_overhead"] = t_sample / t_bare - 1.0
     out["sampling_images_per_s_1step"] = batch / per_call(lambda: teacher.sample(noise, 1), reps, device)
     out["tracking_overhead"] = tracking_overhead(student, data, batch, device, g, reps, teacher_weighting)
+    net, opt, loss_fn = synthetic_step(10.0)
+    out["tracking_overhead_10ms_step"] = _overhead(net, opt, loss_fn, 400, "cpu")
+    out.update(outage_stall(10.0))
     out["eval_images_per_s"] = inception_throughput(device)
     out["startup_s"] = startup_time()
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -175,10 +178,8 @@ def bench(preset="unet_tiny", batch=128, reps=20, device="cpu", steps=16, log_ml
 
 
 def tracking_overhead(model, data, batch, device, g, reps, weighting="snr_plus_one") -> float:
-    """Step time through the real loop with MLflow (async, throttled) vs a callback that does nothing."""
-    import mlflow
-
-    from sweeps.tracking import MlflowCallback
+    """Step time through the real loop with tracking as jobs do it (an Outbox to a SQLite store, metrics
+    every 25 updates, a checkpoint tag and artifact every 100) vs a callback that does nothing."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def loss_fn():
@@ -186,21 +187,86 @@ def tracking_overhead(model, data, batch, device, g, reps, weighting="snr_plus_o
         return denoising_loss(model, x, model.family.train_times(batch, g).to(device),
                               torch.randn(x.shape, generator=g).to(device), weighting)
 
-    updates = max(100, 5 * reps)
+    return _overhead(model, opt, loss_fn, max(100, 5 * reps), device)
+
+
+def synthetic_step(ms: float = 10.0):
+    """A stand-in for a GPU step of `ms` milliseconds that leaves the CPU free (the host waits on the device)."""
+    net = torch.nn.Linear(4, 1)
+    x = torch.randn(8, 4)
+
+    def loss_fn():
+        time.sleep(ms / 1000)
+        return net(x).pow(2).mean()
+    return net, torch.optim.SGD(net.parameters(), lr=1e-3), loss_fn
+
+
+def _tracked(run_id, tmp, uri=None, limit=600.0):
+    from sweeps.outbox import Outbox
+    from sweeps.tracking import MlflowCallback
+
+    class Tracked(MlflowCallback):  # + a checkpoint (artifact and tag) every 100 updates, as a job's
+        def on_metrics(self, metrics, step, model_id=None):
+            super().on_metrics(metrics, step, model_id)
+            if step % 100 == 0:
+                path = Path(tmp) / "ckpt.pt"
+                path.write_bytes(b"0" * 4096)
+                self.on_checkpoint(path, "0" * 64, f"phase{step // 100}_1steps.pt")
+    return Tracked(run_id, outbox=Outbox(run_id, limit, retry_s=1.0, tracking_uri=uri))
+
+
+def _overhead(model, opt, loss_fn, updates, device) -> float:
+    import mlflow
     settings = LoopSettings(updates=updates, lr=1e-4, log_every=25, progress=False)  # the jobs' default
     run_updates(model, opt, loss_fn, LoopSettings(updates=3, lr=1e-4, progress=False))  # warm-up
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
         with mlflow.start_run() as run:
-            for label, cb in (("off", Callback()), ("on", MlflowCallback(run.info.run_id)), ("off2", Callback())):
+            for label in ("off", "on", "off2", "on2"):
+                cb = _tracked(run.info.run_id, tmp) if label.startswith("on") else Callback()
                 sync(device)
                 t0 = time.perf_counter()
                 run_updates(model, opt, loss_fn, settings, callback=cb)
                 sync(device)
                 times[label] = time.perf_counter() - t0
-            mlflow.flush_async_logging()
-    return times["on"] / min(times["off"], times["off2"]) - 1.0
+                if label.startswith("on"):
+                    cb.close()
+    return min(times["on"], times["on2"]) / min(times["off"], times["off2"]) - 1.0
+
+
+def outage_stall(ms: float = 10.0, updates: int = 600) -> dict:
+    """Synthetic `ms` steps with tracking to a server that does not answer (a closed port on 127.0.0.1):
+    the longest step, and how many metric values were kept for later."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused
+    import os
+    old = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="2")
+    net, opt, loss_fn = synthetic_step(ms)
+    steps = []
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cb = _tracked("0" * 32, tmp, uri=f"http://127.0.0.1:{port}")
+            last = time.perf_counter()
+
+            def timed_loss():
+                nonlocal last
+                now = time.perf_counter()
+                steps.append(now - last)
+                last = now
+                return loss_fn()
+            run_updates(net, opt, timed_loss, LoopSettings(updates=updates, lr=1e-3, log_every=25, progress=False),
+                        callback=cb)
+            kept = cb.out._pending
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return {"outage_max_step_ms": 1000 * max(steps[1:]), "outage_median_step_ms": 1000 * sorted(steps)[len(steps) // 2],
+            "outage_kept_calls": kept}
 
 
 def inception_throughput(device, n=32) -> float:

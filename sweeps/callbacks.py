@@ -3,9 +3,14 @@
 The parent is created in the driver (`on_multirun_start`), which also creates the SQLite
 store first so parallel jobs never race on its schema; jobs find the parent through an
 environment variable (inherited by joblib/submitit-local workers) and nest under it.
+A sweep ended by Ctrl-C or SIGTERM ends its parent and its running children KILLED (the workers
+are asked to stop first); one that ends on an error, FAILED: none is left RUNNING.
 """
+import atexit
 import os
+import signal
 import sys
+import threading
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -45,11 +50,55 @@ class MlflowSweepCallback(Callback):
                   file=sys.stderr, flush=True)
             raise SystemExit(2)
         self.run_id, self.link = run.info.run_id, tracking.ui_link(str(config.tracking.uri), exp_id)
+        self.exp_id, self.ended, self.interrupted = exp_id, False, False
         os.environ[tracking.PARENT_ENV] = self.run_id
         os.environ[tracking.SWEEP_ENV] = self.run_id
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._interrupted)
+        atexit.register(self._abandoned)
+
+    def _interrupted(self, signum, frame):
+        self.interrupted = True  # (a job in this process may set its own SIGTERM handler: tracking.INTERRUPTED)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def _abandoned(self) -> None:
+        """At exit without on_multirun_end: stop the workers, then end what is still RUNNING."""
+        if self.ended or not self.run_id:
+            return
+        self.ended = True
+        from sweeps.tracking import INTERRUPTED
+        status = "KILLED" if self.interrupted or INTERRUPTED.is_set() else "FAILED"
+        try:
+            import psutil
+            workers = psutil.Process().children(recursive=True)
+            for p in workers:
+                p.send_signal(signal.SIGTERM)  # each job ends its own runs KILLED
+            psutil.wait_procs(workers, timeout=20)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            from mlflow.tracking import MlflowClient
+            client = MlflowClient()
+            for r in client.search_runs([self.exp_id], f"tags.mlflow.parentRunId = '{self.run_id}' "
+                                                        f"and attributes.status = 'RUNNING'"):
+                client.set_terminated(r.info.run_id, status)
+            client.set_terminated(self.run_id, status)
+            print(f"sweep {status}: {self.link}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 (exiting anyway)
+            print(f"could not mark the sweep's runs {status}: {e}", file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.run_id:
-            from mlflow.tracking import MlflowClient
-            MlflowClient().set_terminated(self.run_id, "FINISHED")
-            print(f"runs: {self.link}", flush=True)
+        """Hydra calls this in a `finally`: after a sweep that ended, or one stopped by an exception
+        (Ctrl-C, SIGTERM, a failed job), which is then in flight here."""
+        if not self.run_id or self.ended:
+            return
+        error = sys.exc_info()[1]
+        if error is not None:
+            self.interrupted = self.interrupted or isinstance(error, KeyboardInterrupt)
+            self._abandoned()
+            return
+        self.ended = True
+        from mlflow.tracking import MlflowClient
+        MlflowClient().set_terminated(self.run_id, "FINISHED")
+        print(f"runs: {self.link}", flush=True)

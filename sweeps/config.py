@@ -112,6 +112,12 @@ def check(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
     n = cfg.eval.num_samples
     if n is not None and (not isinstance(n, int) or n < 2):
         raise ConfigError(f"eval.num_samples must be an integer >= 2 or null; got {n!r}")
+    one_of("tracking.async_logging", cfg.tracking.async_logging, (False, True))
+    one_of("tracking.system_metrics", cfg.tracking.system_metrics, (False, True))
+    for key in ("outage_limit_s", "system_metrics_interval"):
+        v = cfg.tracking[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"tracking.{key} must be a number of seconds > 0; got {v!r}")
     if cfg.data.name == "toy2d" and cfg.model.preset != "mlp" or cfg.model.preset == "mlp" and cfg.data.name != "toy2d":
         raise ConfigError(f"model.preset=mlp goes with data.name=toy2d only; got model.preset={cfg.model.preset}, data.name={cfg.data.name}")
     return teacher_config(cfg), distill_config(cfg)

@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -79,36 +80,62 @@ class Reporter:
     """What rank 0 needs to report into an MLflow run; picklable, the callback is built where it runs."""
     tracking_uri: str
     run_id: str
-    synchronous: bool = False
+    synchronous: bool = False  # true: every call in the training thread; false: through an Outbox
     logged: Optional[dict] = None
     eval_cfg: Any = None  # the job config, for the phase metrics beyond the gap (pixel FD, FID/KID)
     trial: Any = None  # an Optuna trial (`sweeps.optuna_link.TrialLink`): each phase's objective, and pruning
+    outage_limit_s: float = 600.0  # how long the tracking store may not answer before the job stops
+    model_id: Optional[str] = None  # the student's logged model: the final phase's metrics are linked to it
+    final_steps: Optional[int] = None
 
     def callback(self, data=None, device="cpu", teacher=None, base_steps=None):
         import mlflow
 
         from . import tracking
         from .evaluation import phase_metrics
+        from .outbox import Outbox
         if mlflow.get_tracking_uri() != self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)
         extra = phase_metrics(self.eval_cfg, data, device, teacher, base_steps) if self.eval_cfg is not None else None
         client = mlflow.tracking.MlflowClient()
         for key, value in (getattr(extra, "tags", None) or {}).items():  # the FID protocol, on the run
             client.set_tag(self.run_id, key, value)
-        callback = tracking.MlflowCallback(self.run_id, synchronous=self.synchronous, extra_metrics=extra,
-                                           logged=self.logged)
+        outbox = None if self.synchronous else Outbox(self.run_id, self.outage_limit_s)
+        callback = tracking.MlflowCallback(self.run_id, outbox=outbox, extra_metrics=extra, logged=self.logged,
+                                           model_id=self.model_id, final_steps=self.final_steps)
         if self.trial is not None:
             from .optuna_link import PruningCallback
             callback = PruningCallback(callback, self.trial)
         return callback
 
 
+SPILL = "undelivered_metrics.jsonl"  # in the job's folder: what an outage kept from the store, sent on resume
+
+
+def reported(callback, workdir, train):
+    """`train()`, then everything the callback queued delivered; on a tracking outage past its limit,
+    what is still queued goes to `workdir/SPILL` for the resumed job, and TrackingOutage goes on."""
+    from .outbox import TrackingOutage
+    if callback is None:
+        return train()
+    try:
+        result = train()
+        if hasattr(callback, "close"):  # (any core Callback may report; ours deliver what they queued)
+            callback.close()
+        return result
+    except TrackingOutage:
+        outbox = getattr(callback, "out", None) or getattr(getattr(callback, "inner", None), "out", None)
+        if hasattr(outbox, "spill"):
+            outbox.spill(Path(workdir) / SPILL)
+        raise
+
+
 # --- the two tasks: module-level functions, so that spawned workers import them by name ---
 def teacher_task(placement, device, data, tc, reporter: Optional[Reporter], checkpoint_path):
     from distill_core.teacher import train_teacher
     callback = reporter.callback() if reporter is not None and placement.is_main else None
-    return train_teacher(data.to(device), tc, callback=callback, checkpoint_path=checkpoint_path, device=device,
-                         placement=placement)
+    return reported(callback, Path(checkpoint_path).parent, lambda: train_teacher(
+        data.to(device), tc, callback=callback, checkpoint_path=checkpoint_path, device=device, placement=placement))
 
 
 def distill_task(placement, device, teacher, data, dc, workdir, reporter: Optional[Reporter], eval_noise):
@@ -116,8 +143,9 @@ def distill_task(placement, device, teacher, data, dc, workdir, reporter: Option
     callback = None
     if reporter is not None and placement.is_main:
         callback = reporter.callback(data, device, teacher, dc.schedule[0])
-    return Distiller(teacher, data.to(device), dc, workdir, callback=callback, device=device, eval_noise=eval_noise,
-                     placement=placement).run()
+    return reported(callback, workdir, lambda: Distiller(
+        teacher, data.to(device), dc, workdir, callback=callback, device=device, eval_noise=eval_noise,
+        placement=placement).run())
 
 
 @dataclass

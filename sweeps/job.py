@@ -108,6 +108,7 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
 
     from . import registry, tracking
     from .distributed import Reporter, WorkerError, distill_task
+    from .outbox import TrackingOutage
     from .teachers import TeacherError, family_of, get_teacher, resolve_uri
 
     try:
@@ -159,25 +160,28 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
             **(trial.tags() if trial else {})}
     tags = {k: redact(str(v)) for k, v in tags.items() if str(v)}  # string values only (REST store); none empty
     parent = tracking.parent_run_id()
+    tracking.system_metrics_every(cfg.tracking.system_metrics_interval)
     try:
         if resume_id:
             log.info("resuming run %s from %s", resume_id, job.dir)
-            run_ctx = mlflow.start_run(run_id=resume_id, nested=mlflow.active_run() is not None)
+            run_ctx = mlflow.start_run(run_id=resume_id, nested=mlflow.active_run() is not None,
+                                       log_system_metrics=bool(cfg.tracking.system_metrics))
         else:
             run_ctx = mlflow.start_run(experiment_id=exp_id, parent_run_id=parent,
                                        nested=mlflow.active_run() is not None, tags=tags,
-                                       run_name=run_label(dc.method, tc.family["family"], dc.schedule))
+                                       run_name=run_label(dc.method, tc.family["family"], dc.schedule),
+                                       log_system_metrics=bool(cfg.tracking.system_metrics))
             job.reset()  # a fresh job: only once its run exists (a refused run loses nothing)
     except mlflow.exceptions.MlflowException as e:
         if not tracking.denied(e):
             raise
         fail(f"tracking.uri={cfg.tracking.uri}: user {tracking.user()} may not create runs in experiment "
              f"{cfg.experiment_name} (403 {e.error_code}); ask its owner for EDIT access")
-    with run_ctx as run:
+    with run_ctx as run, tracking.killed_on_interrupt():
         run_id = run.info.run_id
         job.update(run_id=run_id, status="RUNNING")
         if not resume_id:
-            mlflow.log_params(tracking.flatten(cfg))
+            mlflow.log_params(tracking.job_params(cfg))
             resolved = out / "config_resolved.yaml"
             resolved.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
             mlflow.log_artifact(str(resolved))
@@ -200,14 +204,26 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
             except torch.cuda.OutOfMemoryError:
                 failed(mlflow, job, OutOfMemory(out_of_memory_line(cfg, "teacher.batch_size", device)))
             job.update(teacher_version=teacher_version)
-            mlflow.set_tag("teacher_version", teacher_version)
+            mlflow.set_tags({"teacher_version": teacher_version,
+                             "teacher_run_id": registry.version_of(f"models:/{teacher_version}").run_id})
         if teacher.info.get("role") != "student":  # a distilled student teaches with its own jump
             # the sampler is this job's choice, not the teacher's (a reused teacher keeps its training)
             teacher.family = teacher.family.replace(sampler=tc.family["sampler"],
                                                     **({"t0": tc.family["t0"]} if "t0" in tc.family else {}))
 
+        if resume_id:  # what a tracking outage kept from the store when the job stopped
+            from .distributed import SPILL
+            from .outbox import replay
+            if replay(job.dir / SPILL, run_id):
+                log.info("delivered the metrics kept during the tracking outage")
+        if not job.get("model_id"):  # the student's logged model, created now so the final metrics link to it
+            job.update(model_id=mlflow.initialize_logged_model(name="student", source_run_id=run_id,
+                                                               experiment_id=run.info.experiment_id).model_id)
+            mlflow.clear_active_model()  # only the final evaluation links to it
         reporter = Reporter(mlflow.get_tracking_uri(), run_id, synchronous=not cfg.tracking.async_logging,
-                            logged=tracking.logged_steps(run_id) if resume_id else None, eval_cfg=cfg, trial=trial)
+                            logged=tracking.logged_steps(run_id) if resume_id else None, eval_cfg=cfg, trial=trial,
+                            outage_limit_s=float(cfg.tracking.outage_limit_s), model_id=job.get("model_id"),
+                            final_steps=int(dc.schedule[-1]))
         eval_noise = torch.randn((cfg.eval.gap_samples, *teacher.data_shape),
                                  generator=torch.Generator().manual_seed(cfg.seed + 1))
         try:
@@ -216,6 +232,8 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
             failed(mlflow, job, e)
         except torch.cuda.OutOfMemoryError:
             failed(mlflow, job, OutOfMemory(out_of_memory_line(cfg, "distill.batch_size", device)))
+        except TrackingOutage as e:
+            stop_for_outage(cfg, job, e)
         tracking.flush()
         last = result.phases[-1]
         if result.stopped_after is not None:
@@ -229,17 +247,20 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
                 {"method": dc.method, "family": tc.family["family"], "steps": last.steps, "schedule": dc.schedule,
                  "dataset": cfg.data.name,
                  "teacher_version": teacher_version,
-                 "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id, pickle=cfg.registry.pickle)
+                 "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id, pickle=cfg.registry.pickle,
+                model_id=job.get("model_id"))
             job.update(registered_version=version)
         log.info("registered %s version %s (%s, %d steps): %s", cfg.registry.name, version, dc.method, last.steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in last.metrics.items()))
         value = last.metrics.get(cfg.objective)
         if value is None:
             fail(f"objective={cfg.objective} was not computed (enable eval.{cfg.objective})")
+        from distill_core.distill import phase_updates
+        total = sum(phase_updates(dc))
         if trial is not None:  # the last phase's value is the trial's last intermediate value too
-            from distill_core.distill import phase_updates
-            trial.report(value, sum(phase_updates(dc)))
-        mlflow.log_metric("objective", float(value), step=len(result.phases))
+            trial.report(value, total)
+        mlflow.log_metric("objective", float(value), step=total)  # once: what the sweeper gets (param `objective` names it)
+        mlflow.set_tag("mlflow.note.content", tracking.describe_run(result, cfg, teacher_version, version, run.info.experiment_id))
         job.update(status="FINISHED")
         if parent is None:  # (a sweep prints its own link at its end)
             print(f"runs: {tracking.ui_link(cfg.tracking.uri, exp_id)}", flush=True)
@@ -252,12 +273,24 @@ def pruned(mlflow, job, trial, result, cfg) -> float:
     phase, last = result.stopped_after, result.phases[-1]
     value = float(last.metrics.get(cfg.objective, float("nan")))
     mlflow.set_tags({"pruned_at_phase": str(phase), "pruned_at_steps": str(last.steps)})
+    from . import tracking
+    tracking.abandon_model(job.get("model_id"))
     trial.prune()
     job.update(status="PRUNED")
     mlflow.end_run("KILLED")
     log.info("trial %d pruned after phase %d of %d (%d steps): %s=%.4g", trial.number, phase,
              len(cfg.distill.schedule) - 1, last.steps, cfg.objective, value)
     return value
+
+
+def stop_for_outage(cfg, job, error) -> None:
+    """The tracking store stayed away past `tracking.outage_limit_s`: the training stopped after a
+    checkpoint; the run stays as it was in the store and the same command resumes it."""
+    from .redaction import redact
+    print(f"error: tracking.uri={redact(str(cfg.tracking.uri))}: {error}; the job stopped after its last checkpoint "
+          f"and kept the undelivered metrics in {job.dir}; run the same command again to resume in the same run",
+          file=sys.stderr, flush=True)
+    os._exit(3)  # MLflow's own exit handlers would wait on the absent store
 
 
 class OutOfMemory(RuntimeError):

@@ -105,6 +105,9 @@ class PruningCallback(Callback):
     def on_metrics(self, metrics, step):
         self.inner.on_metrics(metrics, step)
 
+    def on_phase_metrics(self, phase, steps, update, metrics):
+        self.inner.on_phase_metrics(phase, steps, update, metrics)
+
     def on_checkpoint(self, path, sha256, name):
         self.inner.on_checkpoint(path, sha256, name)
 
@@ -113,6 +116,9 @@ class PruningCallback(Callback):
 
     def on_phase_end(self, phase, steps, model, metrics):
         return self.inner.on_phase_end(phase, steps, model, metrics)
+
+    def close(self):
+        self.inner.close()
 
     def keep_going(self, phase, update, metrics):
         value = metrics.get(self.trial.objective)

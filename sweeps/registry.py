@@ -15,6 +15,7 @@ registered before this format (pickles only) load only with `allow_pickle`.
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -24,6 +25,8 @@ from distill_core.checkpoint import CheckpointError, load_checked, save_atomic
 
 # We choose pickle deliberately when asked to; MLflow's warning about it would repeat every job.
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+# The pyfunc's input is described by its signature, not by type hints (MLflow warns at each load of its code).
+warnings.filterwarnings("ignore", message=r"(?s).*Add type hints to the `predict` method")
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "distill-sweeps"]
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -57,20 +60,30 @@ def signature(model):
                           params=ParamSchema([ParamSpec("steps", "long", steps)]))
 
 
-def log_and_register(model, name: str, registered_name: str, tags: dict, run_id: str, pickle: bool = False) -> str:
-    """Log `model` under the active run and register it; returns the new version number."""
+def input_example(model):
+    """Two noise images of the model's shape (seeded): shown on the model's page and used by MLflow to check
+    that the logged model loads and samples."""
+    import numpy as np
+    return np.random.default_rng(0).standard_normal((2, *model.data_shape)).astype(np.float32)
+
+
+def log_and_register(model, name: str, registered_name: str, tags: dict, run_id: str, pickle: bool = False,
+                     model_id: str | None = None) -> str:
+    """Log `model` under the active run (into the logged model `model_id` when one was created for it)
+    and register it; returns the new version number."""
     with tempfile.TemporaryDirectory() as tmp:
         weights, config, digest = write_files(model, Path(tmp))
         if pickle:
-            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", model_id=model_id,
                                             pip_requirements=PIP_REQUIREMENTS, extra_files=[str(weights), str(config)])
         else:
-            import warnings
             with warnings.catch_warnings():  # the signature describes the input; no example is needed to serve
                 warnings.filterwarnings("ignore", message=r"(?s).*(input example|Add type hints)")
-                info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE),
+                info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE), model_id=model_id,
                                                pip_requirements=PIP_REQUIREMENTS, signature=signature(model),
+                                               input_example=input_example(model),
                                                artifacts={"weights": str(weights), "config": str(config)})
+    mlflow.clear_active_model()  # (log_model makes it the process's active model: later system metrics would link to it)
     clean = {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in tags.items() if v is not None}
     clean.update(weights_sha256=digest, format="pickle" if pickle else "weights")
     version = mlflow.register_model(info.model_uri, registered_name, tags=clean)

@@ -95,6 +95,8 @@ def collect(name: str) -> list[dict]:
     """The experiment's finished distillation runs: {key, final: {metric: latest}, phases: {steps: {metric}}}."""
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from . import tracking
     spec, client = SPECS[name], MlflowClient()
     runs = mlflow.search_runs(experiment_names=[f"ablation-{name}"], output_format="list",
                               filter_string="attributes.status != 'RUNNING'")  # (IN: run ids only)
@@ -109,10 +111,12 @@ def collect(name: str) -> list[dict]:
             key = spec["key"](r.data.params)
         except (KeyError, ValueError, SyntaxError):
             continue
-        history = {m: {h.step: h.value for h in client.get_metric_history(r.info.run_id, m)}
-                   for m in PHASE_METRICS + ("phase_steps",) if m in r.data.metrics}
-        steps = history.pop("phase_steps", {})
-        phases = {int(steps[i]): {m: h[i] for m, h in history.items() if i in h} for i in sorted(steps)}
+        phases = tracking.by_step_count(r.data.metrics)
+        if not phases and "phase_steps" in r.data.metrics:  # a run logged before the step-count keys
+            history = {m: {h.step: h.value for h in client.get_metric_history(r.info.run_id, m)}
+                       for m in PHASE_METRICS + ("phase_steps",) if m in r.data.metrics}
+            steps = history.pop("phase_steps", {})
+            phases = {int(steps[i]): {m: h[i] for m, h in history.items() if i in h} for i in sorted(steps)}
         out.append({"key": key, "final": dict(r.data.metrics), "phases": phases,
                     "teacher": r.data.tags.get("teacher_version"),
                     "sampler": r.data.params.get("diffusion.teacher_sampler", "ddim"),

@@ -2,7 +2,7 @@
 
 The key is a hash of everything that determines the teacher (its training config, the
 network, the data, the seed). The first job that needs a key takes a file lock, trains the
-teacher in a nested MLflow run, and registers it in `registry.teacher_name` with the key as
+teacher in an MLflow run of its own, and registers it in `registry.teacher_name` with the key as
 a tag; every later job (or a concurrent one waiting on the lock) loads that version instead.
 `teacher.source=models:/NAME@ALIAS` loads a registered model directly.
 """
@@ -105,17 +105,20 @@ def get_teacher(cfg, tc: TeacherConfig, data, data_cfg: dict, ranks, run_id: str
             return (registry.load(f"models:/{name}/{found.version}", device, allow_pickle=cfg.registry.pickle),
                     f"{name}/{found.version}")
         log.info("training teacher (key %s): %d updates of %s on %s", key, tc.updates, tc.preset, data.name)
-        active = mlflow.active_run()
-        with mlflow.start_run(run_name=f"teacher {key}", nested=True, tags={"role": "teacher", "teacher_key": key,
-                                                                     "family": tc.family["family"]},
-                              experiment_id=active.info.experiment_id if active else None) as run:
-            mlflow.log_params({f"teacher.{k}": v for k, v in asdict(tc).items() if k != "family"})
-            mlflow.log_params({f"diffusion.{k}": v for k, v in tc.family.items()})
-            mlflow.log_params({f"data.{k}": v for k, v in data_cfg.items()})
-            from .tracking import log_dataset
-            log_dataset(data, data_cfg)
+        from . import tracking
+        active = mlflow.active_run()  # the teacher's run is a top-level run of the same experiment, which
+        # every student that uses it links to (tag teacher_run_id), not a child of the first of them
+        created = MlflowClient().create_run(active.info.experiment_id if active else "0", run_name=f"teacher {key}",
+                                            tags={"role": "teacher", "teacher_key": key, "family": tc.family["family"]})
+        with mlflow.start_run(run_id=created.info.run_id, nested=active is not None,
+                              log_system_metrics=bool(cfg.tracking.system_metrics)) as run, \
+                tracking.killed_on_interrupt():
+            mlflow.log_params(tracking.job_params(cfg, tracking.TEACHER_PARAMS))
+            tracking.log_dataset(data, data_cfg)
             try:
-                teacher = ranks.run(teacher_task, data, tc, Reporter(mlflow.get_tracking_uri(), run.info.run_id),
+                teacher = ranks.run(teacher_task, data, tc, Reporter(mlflow.get_tracking_uri(), run.info.run_id,
+                                                                        synchronous=not cfg.tracking.async_logging,
+                                                                        outage_limit_s=float(cfg.tracking.outage_limit_s)),
                                     cache / "teachers" / key / "train_state.pt")
             except Exception as e:  # the teacher's run ends FAILED with the reason (the `with` ends it)
                 mlflow.set_tag("failure", str(e))

@@ -1,10 +1,15 @@
 """MLflow: the store, the job's run, and the core's Callback implemented with MLflow.
 
-Metric logging is asynchronous (`synchronous=False`) so it never stalls training; the job
-flushes before it ends. Checkpoints are logged with their sha256 as a tag.
+What the core reports goes through an `Outbox` (`sweeps.outbox`): queued by the training thread,
+delivered in order by a background thread that outlasts a tracking-server outage. Each phase's
+evaluation is logged at the cumulative update count and under step-count keys (`gap/1step`).
+Checkpoints are logged with their sha256 as a tag (`sha256.phase1`).
 """
 import os
+import re
 import subprocess
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -126,6 +131,92 @@ def flatten(cfg: DictConfig) -> dict:
     return {k: redact(v) for k, v in out.items()}
 
 
+NOT_PARAMS = ("tracking", "registry", "scale", "optuna", "cache_dir", "experiment_name")  # where, not what
+TEACHER_PARAMS = ("data", "model", "teacher", "diffusion", "seed", "compile", "precision", "devices")
+
+
+def job_params(cfg: DictConfig, groups=None) -> dict:
+    """The run's params: the settings of this job under their config keys (the full resolved config is the
+    run's `config_resolved.yaml`): not where it logs or caches, not the scale's grids, not unset keys.
+    `groups`: only these top-level keys (a teacher's run: the same names as its students')."""
+    return {k: v for k, v in flatten(cfg).items()
+            if k.split(".")[0] not in NOT_PARAMS and v is not None and (groups is None or k.split(".")[0] in groups)}
+
+
+def system_metrics_every(seconds: float) -> None:
+    """CPU, memory, disk and network (psutil), and GPU (pynvml) figures every `seconds` as `system/*`."""
+    mlflow.set_system_metrics_sampling_interval(float(seconds))
+
+
+@contextmanager
+def killed_on_interrupt():
+    """Ctrl-C or SIGTERM: the runs this process has open end KILLED, not FAILED (the job stays resumable)."""
+    import signal
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        INTERRUPTED.set()
+        flush()
+        while mlflow.active_run() is not None:
+            mlflow.end_run("KILLED")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+INTERRUPTED = threading.Event()  # this process was stopped by Ctrl-C or SIGTERM (the sweep's end reads it)
+
+
+def interrupt(signum, frame):
+    """SIGTERM handled like Ctrl-C."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def abandon_model(model_id) -> None:
+    """A student that will not be registered (pruned): its pending logged model is marked FAILED."""
+    if not model_id:
+        return
+    try:
+        from mlflow.entities import LoggedModelStatus
+        MlflowClient().finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    except Exception:  # noqa: BLE001 (a courtesy)
+        pass
+
+
+def describe_run(result, cfg, teacher_version: str, version, experiment_id: str) -> str:
+    """The run's description (Markdown, the run page's top): the headline result and a row per phase."""
+    def f(v):
+        return "-" if v is None else f"{v:.4g}"
+    last, dc = result.phases[-1], cfg.distill
+    m = last.metrics
+    ratio = m["gap"] / m["teacher_gap"] if m.get("teacher_gap") else None
+    teacher_run = ""
+    try:
+        teacher_run = MlflowClient().get_model_version(*teacher_version.split("/")).run_id
+    except Exception:  # noqa: BLE001
+        pass
+    lines = [f"**{dc.method} {cfg.diffusion.family}, schedule {'-'.join(map(str, dc.schedule))}**: the "
+             f"{last.steps}-step student's gap is **{f(m.get('gap'))}**, {f(ratio)} of the teacher's own "
+             f"{f(m.get('teacher_gap'))} at {last.steps} step(s)"
+             + (f"; FID {f(m['fid'])}" if "fid" in m else "") + ".",
+             "",
+             f"Registered as [{cfg.registry.name}/{version}](#/models/{cfg.registry.name}/versions/{version}); "
+             f"teacher [{teacher_version}](#/models/{teacher_version.replace('/', '/versions/')})"
+             + (f" (its [run](#/experiments/{experiment_id}/runs/{teacher_run}))" if teacher_run else "") + ".",
+             "", "| steps | gap | teacher gap | gap ratio | pixel FD | FID |", "|---|---|---|---|---|---|"]
+    for p in result.phases:
+        pm = p.metrics
+        r = pm["gap"] / pm["teacher_gap"] if pm.get("teacher_gap") else None
+        lines.append(f"| {p.steps} | {f(pm.get('gap'))} | {f(pm.get('teacher_gap'))} | {f(r)} | "
+                     f"{f(pm.get('pixel_fd'))} | {f(pm.get('fid'))} |")
+    return "\n".join(lines)
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -155,36 +246,99 @@ def log_dataset(data, data_cfg: dict) -> None:
 IMAGE_UPSCALE = 2  # the grids' 8x8 digits are drawn 32 px wide; the UI's image cards show them at 64
 
 
-class MlflowCallback(Callback):
-    """Sends what the core reports to the active MLflow run."""
+def phase_metrics(metrics: dict, steps: int) -> dict:
+    """A phase's evaluation as logged: each value under its own key (a run's chart over updates) and under
+    its step-count key (`gap/1step`: one chart compares like with like across runs), plus the student's
+    gap as a fraction of the teacher's at the same step count (`gap_ratio`)."""
+    out = {k: float(v) for k, v in metrics.items()}
+    if out.get("gap") is not None and out.get("teacher_gap"):
+        out["gap_ratio"] = out["gap"] / out["teacher_gap"]
+    return {**out, **{f"{k}/{steps}step": v for k, v in out.items()}}
 
-    def __init__(self, run_id: str, synchronous: bool = False, extra_metrics=None, logged: dict | None = None):
-        self.run_id, self.synchronous = run_id, synchronous
+
+STEP_KEY = re.compile(r"^(.+)/(\d+)step$")
+
+
+def by_step_count(metrics: dict) -> dict:
+    """{steps: {metric: value}} from a run's step-count keys (`gap/16step` -> {16: {"gap": ...}})."""
+    out = {}
+    for key, value in metrics.items():
+        m = STEP_KEY.match(key)
+        if m:
+            out.setdefault(int(m.group(2)), {})[m.group(1)] = value
+    return out
+
+
+class Direct:
+    """The Outbox's interface, delivered at once in the calling thread (`tracking.async_logging=false`)."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.client = run_id, MlflowClient()
+
+    def metrics(self, metrics, step, model_id=None):
+        from .outbox import log_batch
+        import time
+        log_batch(self.client, self.run_id, [(k, float(v), int(time.time() * 1000), int(step), model_id)
+                                             for k, v in metrics.items()])
+
+    def call(self, fn, *args, **kwargs):
+        fn(self.client, *args, **kwargs)
+
+    def artifact(self, path, folder):
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def check(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class MlflowCallback(Callback):
+    """Sends what the core reports to an MLflow run, through an `Outbox` (off the training thread) or
+    `Direct`ly. The final phase's metrics are linked to the student's logged model (`model_id`), so the
+    model's page shows them."""
+
+    def __init__(self, run_id: str, outbox=None, extra_metrics=None, logged: dict | None = None,
+                 model_id: str | None = None, final_steps: int | None = None):
+        self.run_id, self.out = run_id, outbox or Direct(run_id)
         self.extra_metrics = extra_metrics  # fn(phase, steps, model) -> dict, e.g. FID/KID
         self.logged = logged or {}  # metric -> last step already in the run (a resumed job skips those)
+        self.model_id, self.final_steps = model_id, final_steps
 
-    def on_metrics(self, metrics, step):
+    def on_metrics(self, metrics, step, model_id=None):
         fresh = {k: float(v) for k, v in metrics.items() if step > self.logged.get(k, -1)}
         if fresh:
-            mlflow.log_metrics(fresh, step=int(step), run_id=self.run_id, synchronous=self.synchronous)
+            self.out.metrics(fresh, int(step), model_id=model_id)
+
+    def on_phase_metrics(self, phase, steps, update, metrics):
+        final = self.model_id if steps == self.final_steps else None
+        self.on_metrics(phase_metrics(metrics, steps), update, model_id=final)
+        self.out.call(lambda client: client.set_tag(self.run_id, "steps", str(steps)))  # the step count reached
 
     def on_checkpoint(self, path, sha256, name):
         if name.startswith("phase") or name == "teacher":
-            mlflow.log_artifact(str(path), "checkpoints", run_id=self.run_id)
-            MlflowClient().set_tag(self.run_id, f"checkpoint.{Path(path).name}.sha256", sha256)
+            self.out.artifact(path, "checkpoints")
+            key = "sha256." + (name if name == "teacher" else Path(path).stem.split("_")[0])  # sha256.phase1
+            self.out.call(lambda client: client.set_tag(self.run_id, key, sha256))
+        self.out.check()  # a tracking outage longer than allowed stops the job here, after its checkpoint
 
     def on_image(self, path, name, step=None):
-        mlflow.log_artifact(str(path), "samples", run_id=self.run_id)
+        self.out.artifact(path, "samples")
         if step is not None:  # MLflow's image view: key `samples` per phase (step slider), `teacher_samples`
             import numpy as np
             from PIL import Image
             image = np.asarray(Image.open(path).convert("RGB"))
             image = image.repeat(IMAGE_UPSCALE, axis=0).repeat(IMAGE_UPSCALE, axis=1)  # nearest: crisp digits
             key = "teacher_samples" if name.startswith("samples_teacher") else "samples"
-            MlflowClient().log_image(self.run_id, image, key=key, step=int(step))
+            self.out.call(lambda client: client.log_image(self.run_id, image, key=key, step=int(step)))
 
     def on_phase_end(self, phase, steps, model, metrics):
         return self.extra_metrics(phase, steps, model) if self.extra_metrics else {}
+
+    def close(self) -> None:
+        """Everything delivered (waits out an outage up to the limit, else TrackingOutage)."""
+        self.out.close()
 
 
 def logged_steps(run_id: str) -> dict:

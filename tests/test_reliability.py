@@ -71,10 +71,10 @@ def test_sigkill_in_phase_two_then_rerun_continues_the_same_run(tmp_path):
             if r.data.tags.get("method")]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run_id = runs[0].info.run_id
-    for key in ("distill/loss", "gap", "teacher_gap", "phase_steps"):
+    for key in ("distill/loss", "gap", "teacher_gap", "gap/2step", "gap_ratio"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert len(steps) == len(set(steps)), f"{key} has repeated steps: {sorted(steps)}"
-    assert sorted(m.step for m in client.get_metric_history(run_id, "gap")) == [1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "gap")) == [30, 60, 90]
     versions = client.search_model_versions("name = 'distill-students'")
     assert len(versions) == 1
     resumed = registry.load(f"models:/distill-students/{versions[0].version}")
@@ -119,3 +119,110 @@ def test_four_parallel_jobs_on_the_default_sqlite_store_all_finish(tmp_path):
     assert all(r.info.status == "FINISHED" for r in students)
     assert len([r for r in runs if r.data.tags.get("role") == "teacher"]) == 1, "the lock let one job train it"
     assert len(MlflowClient().search_model_versions("name = 'distill-students'")) == 4
+
+
+def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_path):
+    """A real `mlflow server` stopped after phase one and started again (same port, same store) once
+    the job has trained to its end without it: the job finishes in the same run with every metric."""
+    from test_team import start_mlflow_server
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    backend = f"sqlite:///{server_dir}/mlflow.db"
+    server, url = start_mlflow_server(server_dir, backend)
+    port = url.rsplit(":", 1)[1]
+    # (MLflow's own HTTP retries would make each attempt minutes long; the outbox's retry covers the outage)
+    env = {**env_for(tmp_path), "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    cmd = [sys.executable, "-m", "sweeps.run", *TINY, "tracking.system_metrics_interval=1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(proc, tmp_path, lambda at: at[0] >= 1, "phase one's checkpoint")
+        server.terminate()
+        server.wait(timeout=30)
+        # the job trains on to its end with the server down (its last phase's checkpoint appears)
+        wait_for(proc, tmp_path, lambda at: at[0] == 3, "the last phase's checkpoint while the server is down")
+        assert proc.poll() is None, "the job waits for the store to take what it kept"
+        server, _ = start_mlflow_server(server_dir, backend, port=port)
+        out, err = proc.communicate(timeout=600)
+        check_outage_run(proc, out, err, url)
+    finally:
+        proc.kill()
+        server.terminate()
+
+
+def test_an_outage_past_the_limit_stops_after_a_checkpoint_and_the_rerun_resumes_the_same_run(tmp_path):
+    """`tracking.outage_limit_s=3`: the server stopped after phase one; the job stops with one line after
+    its next checkpoint (exit 3), keeping what it could not deliver; the rerun, with the server back,
+    resumes in the same run and delivers it: every loss value arrives once."""
+    from test_team import start_mlflow_server
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    backend = f"sqlite:///{server_dir}/mlflow.db"
+    server, url = start_mlflow_server(server_dir, backend)
+    env = {**env_for(tmp_path), "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    cmd = [sys.executable, "-m", "sweeps.run", *TINY, "tracking.outage_limit_s=3", "tracking.system_metrics=false"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(proc, tmp_path, lambda at: at[0] >= 1, "phase one's checkpoint")
+        server.terminate()
+        server.wait(timeout=30)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 3, err[-3000:]
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "has not answered for" in errors[0] and "run the same command again" in errors[0]
+        assert list(tmp_path.glob(".distill-sweeps/jobs/*/undelivered_metrics.jsonl")), "the kept metrics are on disk"
+        server, _ = start_mlflow_server(server_dir, backend, port=url.rsplit(":", 1)[1])
+        rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "resuming run" in rerun.stdout + rerun.stderr
+        mlflow.set_tracking_uri(url)
+        client = MlflowClient()
+        (run,) = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+                  if r.data.tags.get("role") == "student"]
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "distill/loss")]
+        assert sorted(steps) == list(range(5, 91, 5)), "every logged loss arrived, once"
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "gap")) == [30, 60, 90]
+        assert not list(tmp_path.glob(".distill-sweeps/jobs/*/undelivered_metrics.jsonl"))
+    finally:
+        proc.kill()
+        server.terminate()
+
+
+def check_outage_run(proc, out, err, url):
+    assert proc.returncode == 0, err[-3000:]
+    assert "the store does not answer" in out + err and "answers again after" in out + err
+    mlflow.set_tracking_uri(url)
+    client = MlflowClient()
+    (run,) = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+              if r.data.tags.get("role") == "student"]
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "distill/loss")]
+    assert sorted(steps) == list(range(5, 91, 5)), "every logged loss arrived, once"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "gap")) == [30, 60, 90]
+    assert {"sha256.phase1", "sha256.phase2", "sha256.phase3"} <= set(run.data.tags)
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert {"checkpoints/phase2_2steps.pt", "checkpoints/phase3_1steps.pt"} <= files
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), "system metrics on by default"
+    assert client.search_model_versions("name = 'distill-students'")
+
+
+def test_a_sweep_stopped_by_sigterm_ends_its_parent_and_running_child_killed(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", "-m", "distill.mu_s=0.5,0.9", *TINY[:-1],
+                             "distill.updates_per_phase=2000", "hydra.sweep.dir=multirun"],
+                            cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(proc, tmp_path, lambda at: at[1] > 0, "a distillation checkpoint")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "sweep KILLED" in err, err[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    by_role = {}
+    for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list"):
+        by_role.setdefault(r.data.tags.get("role"), []).append(r.info.status)
+    assert by_role["sweep"] == ["KILLED"] and by_role["student"] == ["KILLED"], by_role
+    assert by_role["teacher"] == ["FINISHED"]

@@ -81,9 +81,32 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
         assert sorted(p.split("/")[1].split("+timestamp")[0] for p in images) == \
             ["samples+step+10", "samples+step+20", "teacher_samples+step+0"]
     assert len(client.search_model_versions("name = 'distill-teachers'")) == 1
+    # params are the job's settings, under the same names in the teacher's run as in its students'
+    (teacher,) = teachers
+    assert "mlflow.parentRunId" not in teacher.data.tags, "the teacher's run is top-level"
+    assert all(r.data.tags["teacher_run_id"] == teacher.info.run_id for r in students)
+    for r in students:
+        assert not [k for k in r.data.params if k.split(".")[0] in ("tracking", "registry", "scale", "cache_dir")]
+        assert "None" not in r.data.params.values()
+        assert {k: r.data.params[k] for k in teacher.data.params} == teacher.data.params
+    assert {"model.preset", "teacher.updates", "data.name", "seed"} <= set(teacher.data.params)
+    for r in students:  # the run's description: the headline result, links to its version and its teacher
+        note = r.data.tags["mlflow.note.content"]
+        assert f"the 1-step student's gap is **{r.data.metrics['gap']:.4g}**" in note
+        assert f"(#/experiments/{exp}/runs/{teacher.info.run_id})" in note and "| 2 | " in note
     model = client.get_registered_model("distill-students")  # what it is, how to load it, what tags mean
     assert "registry.load(\"models:/distill-students@champion\")" in model.description
     for v in client.search_model_versions("name = 'distill-students'"):
+        # the final evaluation is linked to the logged model (its page's metrics); its input example is stored
+        model_id = v.model_id or v.source[len("models:/"):]
+        logged = client.get_logged_model(model_id)
+        linked = {m.key: m.value for m in logged.metrics}
+        run = client.get_run(v.run_id)
+        assert {"gap", "gap/1step", "fid/1step", "kid/1step", "gap_ratio/1step", "teacher_gap/1step"} <= set(linked)
+        assert all(value == run.data.metrics[k] for k, value in linked.items())
+        assert not [k for k in linked if "2step" in k or k.startswith("distill/")], sorted(linked)
+        assert str(logged.status).endswith("READY") and "serving_input_example.json" in \
+            {a.path for a in client.list_logged_model_artifacts(model_id)}
         assert v.description.startswith("tract vp student, 1 step(s), schedule [8, 2, 1], from distill-teachers/1")
         assert len(v.tags["gap"].replace(".", "").lstrip("0")) <= 4, v.tags["gap"]  # 4 significant digits
     versions = client.search_model_versions("name = 'distill-students'")
@@ -95,11 +118,23 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     # phase checkpoints and sample grids are artifacts of each run, with the checkpoint's sha256
     files = {a.path for a in client.list_artifacts(students[0].info.run_id, "checkpoints")}
     assert {"checkpoints/phase1_2steps.pt", "checkpoints/phase2_1steps.pt"} <= files
-    assert any(k.startswith("checkpoint.phase2_1steps.pt.sha256") for k in students[0].data.tags)
+    assert len(students[0].data.tags["sha256.phase2"]) == 64  # short keys: sha256.phase1, sha256.phase2
     assert len(client.list_artifacts(students[0].info.run_id, "samples")) == 3  # the teacher's and two phases'
-    # training loss is logged at update counts, per-phase values at the phase's step count
-    history = client.get_metric_history(students[0].info.run_id, "gap")
-    assert sorted(m.step for m in history) == [1, 2]
+    # per-phase values at the cumulative update count (the losses' x-axis) and under step-count keys
+    run = students[0]
+    history = client.get_metric_history(run.info.run_id, "gap")
+    assert sorted(m.step for m in history) == [10, 20]
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "distill/loss")) <= 20
+    by_steps = {m.step: m.value for m in history}
+    for key, step, steps in (("gap/2step", 10, 2), ("gap/1step", 20, 1)):
+        (only,) = client.get_metric_history(run.info.run_id, key)
+        assert (only.step, only.value) == (step, by_steps[step])
+        teacher = run.data.metrics[f"teacher_gap/{steps}step"]
+        assert run.data.metrics[f"gap_ratio/{steps}step"] == pytest.approx(by_steps[step] / teacher, rel=1e-12)
+    assert {"fid/1step", "kid/1step", "pixel_fd/2step"} <= set(run.data.metrics)
+    assert "phase_steps" not in run.data.metrics and run.data.tags["steps"] == "1"
+    (objective,) = client.get_metric_history(run.info.run_id, "objective")
+    assert (objective.step, objective.value) == (20, by_steps[20]) and run.data.params["objective"] == "gap"
 
 
 def test_promote_moves_the_alias_to_the_best_version_and_the_champion_samples(store, mission):
@@ -123,6 +158,52 @@ def test_promote_moves_the_alias_to_the_best_version_and_the_champion_samples(st
     assert f"ranked 3 version(s) by gap with steps=1, teacher_version={teacher_version}, dataset=digits\n" in proc.stdout
     assert f"champion: http://127.0.0.1:5000/#/models/distill-students/versions/{best.version} (after: mlflow ui" \
         in proc.stdout
+
+
+def test_the_champion_samples_through_pyfunc_and_a_real_serving_process(store, mission):
+    """`mlflow.pyfunc.load_model(uri).predict(noise)` and `mlflow models serve` (a real process on 127.0.0.1)
+    return the student's samples at its own step count, equal to `registry.load(uri).sample(noise, steps)`."""
+    import json
+    import time
+    import urllib.request
+
+    import numpy as np
+    from test_team import free_port
+    client = MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias("distill-students", "champion")
+    except mlflow.exceptions.MlflowException:  # (this test alone: the promote test did not run)
+        champion = client.search_model_versions("name = 'distill-students'")[0]
+        client.set_registered_model_alias("distill-students", "champion", champion.version)
+    uri = "models:/distill-students@champion"
+    model = registry.load(uri)
+    steps = int(champion.tags["steps"])
+    noise = torch.randn(3, *model.data_shape, generator=torch.Generator().manual_seed(5))
+    expected = model.sample(noise, steps).numpy()
+    assert np.allclose(mlflow.pyfunc.load_model(uri).predict(noise.numpy()), expected, atol=1e-5)
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
+    log = open(store / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], cwd=store, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, answer = time.time() + 180, None
+        body = json.dumps({"inputs": noise.numpy().tolist()}).encode()
+        while time.time() < deadline and server.poll() is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+                break
+            except OSError:
+                time.sleep(1)
+        assert answer is not None, (store / "serve.log").read_text()[-3000:]
+        assert np.allclose(np.asarray(answer["predictions"], dtype=np.float32), expected, atol=1e-5)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
 
 
 def test_promote_ranks_only_comparable_students(store, mission):
@@ -185,14 +266,17 @@ def test_two_sweepers_on_one_study_prune_the_bad_trials_and_link_every_run_to_it
         run = by_trial[str(t.number)]
         assert float(run.data.params["distill.lr"]) == pytest.approx(t.params["distill.lr"])
         gaps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "gap")}
-        # the intermediate values are the phases' gaps, at step = cumulative updates (10 per phase)
-        assert t.intermediate_values == pytest.approx({10 * phase: v for phase, v in gaps.items()}, rel=1e-12)
+        # the intermediate values are the phases' gaps, at the same step = cumulative updates (10 per phase)
+        assert t.intermediate_values == pytest.approx(gaps, rel=1e-12)
         if t in pruned:
             assert run.info.status == "KILLED" and run.data.tags["pruned_at_phase"] == "1"
-            assert sorted(gaps) == [1] and run.info.run_id not in registered
+            assert sorted(gaps) == [10] and run.info.run_id not in registered
+            (model,) = [m for m in client.search_logged_models([run.info.experiment_id])
+                        if m.source_run_id == run.info.run_id]
+            assert str(model.status).endswith("FAILED"), "the pruned student's pending model is marked FAILED"
         else:
-            assert run.info.status == "FINISHED" and sorted(gaps) == [1, 2]
-            assert t.value == pytest.approx(run.data.metrics["objective"], rel=1e-12) == gaps[2]
+            assert run.info.status == "FINISHED" and sorted(gaps) == [10, 20]
+            assert t.value == pytest.approx(run.data.metrics["objective"], rel=1e-12) == gaps[20]
     summary = run_cli("sweeps.report", ["--study", "prune", "--storage", storage], store)
     assert summary.returncode == 0, summary.stderr[-2000:]
     assert f"| {pruned[0].number} | pruned after update 10 | 0.05 |" in summary.stdout

@@ -62,9 +62,9 @@ def postgres(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def start_mlflow_server(root: Path, backend: str, *extra, env=None):
+def start_mlflow_server(root: Path, backend: str, *extra, env=None, port=None):
     """A real `mlflow server` on 127.0.0.1 serving artifacts from `root`; (process, url) once it answers."""
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *extra, "--backend-store-uri", backend,
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],

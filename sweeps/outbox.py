@@ -1,0 +1,221 @@
+"""Tracking off the training thread: calls queued in order, delivered by one background thread.
+
+The training thread only appends to a queue (microseconds). A daemon thread delivers: consecutive
+metrics go out as one `log_batch` (up to MLflow's 1,000 per request), anything else (a tag, an
+artifact, an image) as its own call, all in the order they were made. A call that fails because the
+store does not answer (a tracking server restarting, a network cut) is retried every `retry_s`
+until it goes through, so an outage neither stalls training nor loses a metric; files are hard-linked
+(else copied) when queued, so a checkpoint rewritten meanwhile is uploaded as it was.
+
+How long an outage may last is the job's choice (`tracking.outage_limit_s`): past it, `stalled()`
+says so and the job stops after its next checkpoint, with one line; what is still queued is written
+to a file the resumed job delivers first (`replay`).
+
+MLflow's own `synchronous=False` logging is a similar queue, but it drops a batch after MLflow's HTTP
+retries (a few minutes) and covers metrics only; tags, artifacts and images would still block.
+"""
+import json
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000  # MLflow's limit of metrics per log_batch
+
+
+class TrackingOutage(RuntimeError):
+    """The tracking store has not answered for longer than the job allows."""
+
+
+class Outbox:
+    def __init__(self, run_id: str, outage_limit_s: float = 600.0, retry_s: float = 2.0, tracking_uri=None):
+        self.run_id, self.outage_limit_s, self.retry_s = run_id, float(outage_limit_s), float(retry_s)
+        self.tracking_uri = tracking_uri
+        self._queue: "queue.Queue" = queue.Queue()
+        self._pending = 0  # queued, not yet delivered
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._failing_since = None  # monotonic time of the first failed attempt of the current outage
+        self.outages = []  # (start, end) wall times of the outages seen, for the job's log
+        self._staging = Path(tempfile.mkdtemp(prefix="distill-outbox-"))
+        self._thread = threading.Thread(target=self._deliver, name="tracking-outbox", daemon=True)
+        self._thread.start()
+
+    # --- the training thread's side: never blocks ---
+    def metrics(self, metrics: dict, step: int, model_id: str | None = None) -> None:
+        ts = int(time.time() * 1000)
+        self._put(("metrics", [(k, float(v), ts, int(step), model_id) for k, v in metrics.items()]))
+
+    def call(self, fn, *args, **kwargs) -> None:
+        """Any other tracking call, `fn(client, *args, **kwargs)`, delivered in order."""
+        self._put(("call", (fn, args, kwargs)))
+
+    def artifact(self, path, folder: str) -> None:
+        """A file as it is now (hard link or copy), uploaded to the run's `folder`."""
+        path = Path(path)
+        staged = self._staging / f"{time.monotonic_ns()}" / path.name
+        staged.parent.mkdir()
+        try:
+            os.link(path, staged)
+        except OSError:
+            shutil.copy2(path, staged)
+        self._put(("artifact", (staged, folder)))
+
+    def stalled(self) -> float:
+        """Seconds the current outage has lasted (0 when the store answers)."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def check(self) -> None:
+        """Raise TrackingOutage when the store has not answered for longer than allowed."""
+        lasted = self.stalled()
+        if lasted > self.outage_limit_s:
+            raise TrackingOutage(f"the tracking store has not answered for {lasted:.0f} s "
+                                 f"(tracking.outage_limit_s={self.outage_limit_s:g})")
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued is delivered; False if `timeout` (default: the outage limit
+        from now, or what is left of it) passes first."""
+        deadline = time.monotonic() + (timeout if timeout is not None else
+                                       max(self.outage_limit_s - self.stalled(), 0.0) + self.retry_s)
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.5))
+        return True
+
+    def close(self) -> None:
+        """Deliver everything queued; TrackingOutage if the store stays away past the limit."""
+        if not self.drain():
+            self.check()
+            raise TrackingOutage("the tracking store did not take the last metrics in time")
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def spill(self, path) -> int:
+        """Write what is still queued (metrics only: the rest is redone by a resumed job) to `path`
+        as JSON lines, for `replay`; returns how many metric values."""
+        items = []
+        while True:
+            try:
+                kind, payload = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "metrics":
+                items.extend(payload)
+        items = list(self._in_flight_metrics) + items
+        if items:
+            tmp = Path(path).with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(m) + "\n" for m in items))
+            os.replace(tmp, path)
+        return len(items)
+
+    # --- the delivering thread ---
+    _in_flight_metrics = ()
+
+    def _put(self, item) -> None:
+        with self._lock:
+            self._pending += 1
+        self._queue.put(item)
+
+    def _done(self, n: int) -> None:
+        with self._idle:
+            self._pending -= n
+            if not self._pending:
+                self._idle.notify_all()
+
+    def _deliver(self) -> None:
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(self.tracking_uri)
+        while True:
+            kind, payload = self._queue.get()
+            taken = 1
+            if kind == "metrics":  # take the metrics queued right behind it too: one request
+                batch = list(payload)
+                while len(batch) < BATCH:
+                    try:
+                        nxt = self._queue.queue[0]
+                    except IndexError:
+                        break
+                    if nxt[0] != "metrics" or len(batch) + len(nxt[1]) > BATCH:
+                        break
+                    batch.extend(self._queue.get_nowait()[1])
+                    taken += 1
+                self._in_flight_metrics = tuple(batch)
+                self._until_delivered(lambda: log_batch(client, self.run_id, batch))
+                self._in_flight_metrics = ()
+            elif kind == "artifact":
+                staged, folder = payload
+                self._until_delivered(lambda: client.log_artifact(self.run_id, str(staged), folder))
+                shutil.rmtree(staged.parent, ignore_errors=True)
+            else:
+                fn, args, kwargs = payload
+                self._until_delivered(lambda: fn(client, *args, **kwargs))
+            self._done(taken)
+
+    def _until_delivered(self, send) -> None:
+        while True:
+            try:
+                send()
+            except Exception as e:  # noqa: BLE001 (the store's errors come in many types)
+                if not unreachable(e):
+                    log.warning("tracking: a call failed and was dropped: %s", str(e)[:300])
+                    self._recovered()
+                    return
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    self.outages.append([time.time(), None])
+                    log.warning("tracking: the store does not answer (%s); training goes on, metrics are kept "
+                                "and sent when it is back (limit %g s)", type(e).__name__, self.outage_limit_s)
+                time.sleep(self.retry_s)
+                continue
+            self._recovered()
+            return
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            lasted = time.monotonic() - self._failing_since
+            self.outages[-1][1] = time.time()
+            log.warning("tracking: the store answers again after %.0f s; delivering what was kept", lasted)
+            self._failing_since = None
+
+
+def log_batch(client, run_id: str, items) -> None:
+    from mlflow.entities import Metric
+    client.log_batch(run_id, metrics=[Metric(k, v, ts, step, model_id=model_id) for k, v, ts, step, model_id in items],
+                     synchronous=True)
+
+
+def unreachable(e: Exception) -> bool:
+    """The store did not answer (connection refused or reset, timeout, 5xx after MLflow's retries),
+    as opposed to refusing the call (a 4xx: bad input, permission), which retrying cannot fix."""
+    import requests
+    if isinstance(e, (ConnectionError, TimeoutError, OSError, requests.exceptions.RequestException)):
+        return True
+    code = getattr(e, "error_code", "") or ""
+    if code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "SERVICE_UNDER_MAINTENANCE"):
+        return True
+    text = str(e)
+    return any(s in text for s in ("Max retries exceeded", "Connection refused", "Connection aborted",
+                                   "Read timed out", "database is locked", "503", "502", "504"))
+
+
+def replay(path, run_id: str) -> int:
+    """Deliver the metrics a job spilled when it stopped on an outage (`Outbox.spill`); returns how many."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    from mlflow.tracking import MlflowClient
+    items = [tuple(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    client = MlflowClient()
+    for i in range(0, len(items), BATCH):
+        log_batch(client, run_id, items[i:i + BATCH])
+    path.unlink()
+    return len(items)
