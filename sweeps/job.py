@@ -247,7 +247,7 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
                 {"method": dc.method, "family": tc.family["family"], "steps": last.steps, "schedule": dc.schedule,
                  "dataset": cfg.data.name,
                  "teacher_version": teacher_version,
-                 "run_id": run_id, **{k: v for k, v in last.metrics.items()}}, run_id, pickle=cfg.registry.pickle,
+                 **{k: v for k, v in last.metrics.items()}}, run_id, pickle=cfg.registry.pickle,
                 model_id=job.get("model_id"))
             job.update(registered_version=version)
         log.info("registered %s version %s (%s, %d steps): %s", cfg.registry.name, version, dc.method, last.steps,

@@ -106,7 +106,8 @@ or `mlflow.pyfunc.load_model(uri).predict(noise)` (samples at the version's own 
 Version tags: method (tract | btd), family (vp | edm), steps (the step count it samples with), schedule,
 dataset, teacher_version (what it was distilled from), gap (RMSE to the teacher's many-step samples from the
 same noise), teacher_gap (the teacher's own gap at the same step count), pixel_fd / fid / kid (where
-computed), run_id (the MLflow run with its metrics, grids and checkpoints), weights_sha256, format."""
+computed), weights_sha256, format. The version's source run has its metrics per phase, grids and checkpoints;
+its logged model lists the final evaluation."""
 
 
 def describe(client, registered_name: str, version: str, role: str, tags: dict) -> None:

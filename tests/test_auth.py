@@ -101,6 +101,7 @@ def test_authenticated_editor_sweeps_reader_only_reads_strangers_are_turned_away
         auth.grant_user_permission("reader", "experiment", read_only, "READ")
         auth.grant_user_permission("reader", "experiment", editable, "EDIT")
         auth.grant_user_permission("reader", "registered_model", "distill-students", "READ")
+        auth.grant_user_permission("reader", "registered_model", "distill-teachers", "READ")
     with credentials("reader", pw["reader"]):  # reads: the champion loads and samples
         mlflow.set_tracking_uri(url)
         model = registry.load("models:/distill-students@champion")
@@ -114,7 +115,11 @@ def test_authenticated_editor_sweeps_reader_only_reads_strangers_are_turned_away
                          url, tmp_path, "reader", pw["reader"]))
     assert "403" in line
     assert len(all_runs(url, pw["editor"])) == runs_before
-    # where the reader may edit, its job runs end to end (its own registered models)
+    # where the reader may edit, its job runs end to end (its own registered student, from the teacher it may read)
     own = cli("sweeps.run", ["+debug=tiny", "experiment_name=reader-sweeps", "registry.name=reader-students",
-                             "registry.teacher_name=reader-teachers"], url, tmp_path, "reader", pw["reader"])
+                             "teacher.source=models:/distill-teachers/1"], url, tmp_path, "reader", pw["reader"])
     assert own.returncode == 0, own.stderr[-3000:]
+    with credentials("reader", pw["reader"]):
+        mlflow.set_tracking_uri(url)
+        (version,) = MlflowClient().search_model_versions("name = 'reader-students'")
+        assert version.tags["teacher_version"] == "distill-teachers/1"

@@ -1,4 +1,5 @@
-"""Reliability: a SIGKILLed job resumes in the same MLflow run; a diverged trial fails alone."""
+"""Reliability: a SIGKILLed job resumes in the same MLflow run; a diverged trial fails alone; a tracking
+server outage neither stops training nor loses a metric; a sweep stopped by a signal ends KILLED."""
 import os
 import signal
 import subprocess
@@ -122,8 +123,11 @@ def test_four_parallel_jobs_on_the_default_sqlite_store_all_finish(tmp_path):
 
 
 def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_path):
-    """A real `mlflow server` stopped after phase one and started again (same port, same store) once
-    the job has trained to its end without it: the job finishes in the same run with every metric."""
+    """A real `mlflow server` stopped after phase one and started again (same port, same store):
+    1. once the job has trained to its end without it: the job finishes in the same run with every metric;
+    2. with `tracking.outage_limit_s=3`: a second job stops with one line after its next checkpoint
+       (exit 3), keeping what it could not deliver; its rerun, with the server back, resumes in the same
+       run and delivers it: every loss value arrives once."""
     from test_team import start_mlflow_server
     server_dir = tmp_path / "server"
     server_dir.mkdir()
@@ -144,68 +148,51 @@ def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_
         assert proc.poll() is None, "the job waits for the store to take what it kept"
         server, _ = start_mlflow_server(server_dir, backend, port=port)
         out, err = proc.communicate(timeout=600)
-        check_outage_run(proc, out, err, url)
-    finally:
-        proc.kill()
-        server.terminate()
+        assert proc.returncode == 0, err[-3000:]
+        assert "the store does not answer" in out + err and "answers again after" in out + err
+        run, client = finished_with_every_metric(url, "distill-sweeps")
+        assert {"sha256.phase1", "sha256.phase2", "sha256.phase3"} <= set(run.data.tags)
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+        assert {"checkpoints/phase2_2steps.pt", "checkpoints/phase3_1steps.pt"} <= files
+        assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), "system metrics on by default"
+        assert client.search_model_versions("name = 'distill-students'")
 
-
-def test_an_outage_past_the_limit_stops_after_a_checkpoint_and_the_rerun_resumes_the_same_run(tmp_path):
-    """`tracking.outage_limit_s=3`: the server stopped after phase one; the job stops with one line after
-    its next checkpoint (exit 3), keeping what it could not deliver; the rerun, with the server back,
-    resumes in the same run and delivers it: every loss value arrives once."""
-    from test_team import start_mlflow_server
-    server_dir = tmp_path / "server"
-    server_dir.mkdir()
-    backend = f"sqlite:///{server_dir}/mlflow.db"
-    server, url = start_mlflow_server(server_dir, backend)
-    env = {**env_for(tmp_path), "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    cmd = [sys.executable, "-m", "sweeps.run", *TINY, "tracking.outage_limit_s=3", "tracking.system_metrics=false"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(proc, tmp_path, lambda at: at[0] >= 1, "phase one's checkpoint")
+        second = tmp_path / "second"  # (its own job folder; the registered teacher is reused)
+        second.mkdir()
+        cmd = [sys.executable, "-m", "sweeps.run", *TINY, "tracking.outage_limit_s=3", "tracking.system_metrics=false",
+               "experiment_name=outage-limit"]
+        env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        proc = subprocess.Popen(cmd, cwd=second, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(proc, second, lambda at: at[0] >= 1, "phase one's checkpoint")
         server.terminate()
         server.wait(timeout=30)
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 3, err[-3000:]
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "has not answered for" in errors[0] and "run the same command again" in errors[0]
-        assert list(tmp_path.glob(".distill-sweeps/jobs/*/undelivered_metrics.jsonl")), "the kept metrics are on disk"
-        server, _ = start_mlflow_server(server_dir, backend, port=url.rsplit(":", 1)[1])
-        rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert list(second.glob(".distill-sweeps/jobs/*/undelivered_metrics.jsonl")), "the kept metrics are on disk"
+        server, _ = start_mlflow_server(server_dir, backend, port=port)
+        rerun = subprocess.run(cmd, cwd=second, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "resuming run" in rerun.stdout + rerun.stderr
-        mlflow.set_tracking_uri(url)
-        client = MlflowClient()
-        (run,) = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
-                  if r.data.tags.get("role") == "student"]
-        assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "distill/loss")]
-        assert sorted(steps) == list(range(5, 91, 5)), "every logged loss arrived, once"
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "gap")) == [30, 60, 90]
-        assert not list(tmp_path.glob(".distill-sweeps/jobs/*/undelivered_metrics.jsonl"))
+        finished_with_every_metric(url, "outage-limit")
+        assert not list(second.glob(".distill-sweeps/jobs/*/undelivered_metrics.jsonl"))
     finally:
         proc.kill()
         server.terminate()
 
 
-def check_outage_run(proc, out, err, url):
-    assert proc.returncode == 0, err[-3000:]
-    assert "the store does not answer" in out + err and "answers again after" in out + err
+def finished_with_every_metric(url, experiment):
+    """The experiment's one student run on the server: FINISHED, each loss and gap logged once."""
     mlflow.set_tracking_uri(url)
     client = MlflowClient()
-    (run,) = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+    (run,) = [r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list")
               if r.data.tags.get("role") == "student"]
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "distill/loss")]
     assert sorted(steps) == list(range(5, 91, 5)), "every logged loss arrived, once"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "gap")) == [30, 60, 90]
-    assert {"sha256.phase1", "sha256.phase2", "sha256.phase3"} <= set(run.data.tags)
-    files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-    assert {"checkpoints/phase2_2steps.pt", "checkpoints/phase3_1steps.pt"} <= files
-    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), "system metrics on by default"
-    assert client.search_model_versions("name = 'distill-students'")
+    return run, client
 
 
 def test_a_sweep_stopped_by_sigterm_ends_its_parent_and_running_child_killed(tmp_path):
