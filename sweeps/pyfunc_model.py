@@ -7,19 +7,18 @@ torch.load(weights_only=True) after its sha256 is checked) and `config.json`: no
 student's distilled steps; `params={"steps": N}` for another), with the model's own sampler.
 """
 import json
-import warnings
 from pathlib import Path
 
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-# the input is a noise tensor described by the model's signature, not by Python type hints
-warnings.filterwarnings("ignore", message=r"(?s).*Add type hints to the `predict` method")
 
 TEACHER_STEPS = 64  # a teacher's default number of steps in `predict` (it has no distilled count)
 
 
 class DiffusionPyfunc(PythonModel):
+    _skip_type_hint_validation = True  # the input is described by the signature (MLflow would warn at each load)
+
     def load_context(self, context):
         from distill_core.checkpoint import load_checked
         from distill_core.diffusion import DiffusionModel

@@ -25,8 +25,6 @@ from distill_core.checkpoint import CheckpointError, load_checked, save_atomic
 
 # We choose pickle deliberately when asked to; MLflow's warning about it would repeat every job.
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-# The pyfunc's input is described by its signature, not by type hints (MLflow warns at each load of its code).
-warnings.filterwarnings("ignore", message=r"(?s).*Add type hints to the `predict` method")
 
 PIP_REQUIREMENTS = ["torch", "torchvision", "distill-sweeps"]
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -77,8 +75,8 @@ def log_and_register(model, name: str, registered_name: str, tags: dict, run_id:
             info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", model_id=model_id,
                                             pip_requirements=PIP_REQUIREMENTS, extra_files=[str(weights), str(config)])
         else:
-            with warnings.catch_warnings():  # the signature describes the input; no example is needed to serve
-                warnings.filterwarnings("ignore", message=r"(?s).*(input example|Add type hints)")
+            with warnings.catch_warnings():  # (the signature and the example describe the input, not type hints)
+                warnings.filterwarnings("ignore", message=r"(?s).*Add type hints")
                 info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE), model_id=model_id,
                                                pip_requirements=PIP_REQUIREMENTS, signature=signature(model),
                                                input_example=input_example(model),
