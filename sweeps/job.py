@@ -260,7 +260,9 @@ def _run(cfg: DictConfig, tc, dc, device: str, ranks, trial) -> float:
         if trial is not None:  # the last phase's value is the trial's last intermediate value too
             trial.report(value, total)
         mlflow.log_metric("objective", float(value), step=total)  # once: what the sweeper gets (param `objective` names it)
-        mlflow.set_tag("mlflow.note.content", tracking.describe_run(result, cfg, teacher_version, version, run.info.experiment_id))
+        teacher_run = mlflow.get_run(run_id).data.tags.get("teacher_run_id", "")
+        mlflow.set_tag("mlflow.note.content", tracking.describe_run(result, cfg, teacher_version, version,
+                                                                   run.info.experiment_id, teacher_run))
         job.update(status="FINISHED")
         if parent is None:  # (a sweep prints its own link at its end)
             print(f"runs: {tracking.ui_link(cfg.tracking.uri, exp_id)}", flush=True)

@@ -188,18 +188,13 @@ def abandon_model(model_id) -> None:
         pass
 
 
-def describe_run(result, cfg, teacher_version: str, version, experiment_id: str) -> str:
+def describe_run(result, cfg, teacher_version: str, version, experiment_id: str, teacher_run: str = "") -> str:
     """The run's description (Markdown, the run page's top): the headline result and a row per phase."""
     def f(v):
         return "-" if v is None else f"{v:.4g}"
     last, dc = result.phases[-1], cfg.distill
     m = last.metrics
     ratio = m["gap"] / m["teacher_gap"] if m.get("teacher_gap") else None
-    teacher_run = ""
-    try:
-        teacher_run = MlflowClient().get_model_version(*teacher_version.split("/")).run_id
-    except Exception:  # noqa: BLE001
-        pass
     lines = [f"**{dc.method} {cfg.diffusion.family}, schedule {'-'.join(map(str, dc.schedule))}**: the "
              f"{last.steps}-step student's gap is **{f(m.get('gap'))}**, {f(ratio)} of the teacher's own "
              f"{f(m.get('teacher_gap'))} at {last.steps} step(s)"
