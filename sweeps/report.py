@@ -60,6 +60,10 @@ SPECS = {
                                 extra=[("teacher gap at the student's steps", "teacher_gap")],
                                 note="TRACT section 5: 1024->32->1 (FID 5.24) beats binary BTD (5.95) at 96M "
                                      "samples; no budget sweep published"),
+    "tract_recipe_keys": dict(axes=["recipe_key"], key=lambda p: p["recipe_key"], paper={}, spread=True,
+                              extra=[("teacher gap at the student's steps", "teacher_gap")],
+                              note="no paper numbers: ours (distill=tract) with one of ml-tract's settings at a time "
+                                   "(none = ours, all = distill=tract_mltract; docs/recipes.md)"),
     "tract_teacher_family": dict(axes=["diffusion.family"], key=lambda p: p["diffusion.family"],
                                  paper={"vp": 5.02, "edm": 3.78},
                                  extra=[("teacher gap at the student's steps", "teacher_gap"),
@@ -134,11 +138,16 @@ def fid_protocol(tags: dict):
 
 
 def group(runs: list[dict], metrics) -> dict:
-    """{key: {'runs': n, metric: mean over the runs}} from the runs' final values."""
+    """{key: {'runs': n, metric: mean over the runs, 'gap_range': (min, max)}} from the runs' final values."""
     rows = {}
     for r in runs:
         rows.setdefault(r["key"], []).append(r["final"])
-    return {k: {"runs": len(v), **{m: mean([f.get(m) for f in v]) for m in metrics}} for k, v in rows.items()}
+    out = {}
+    for k, v in rows.items():
+        gaps = [f["gap"] for f in v if f.get("gap") is not None and not math.isnan(f["gap"])]
+        out[k] = {"runs": len(v), **{m: mean([f.get(m) for f in v]) for m in metrics},
+                  "gap_range": (min(gaps), max(gaps)) if gaps else None}
+    return out
 
 
 def sorted_keys(keys):
@@ -190,12 +199,14 @@ def table(name: str, runs: list[dict]):
     else:
         extra = spec.get("extra", [])  # (column title, metric) beside the standard columns
         rows = group(runs, METRICS + tuple(m for _, m in extra))
+        spread = ["gap min / max over runs"] if spec.get("spread") else []  # (several seeds of a cell)
         header = [" x ".join(spec["axes"]), "runs", "gap (ours)", "pixel FD (ours)", "FID (ours)", "KID (ours)",
-                  *(title for title, _ in extra), "paper"]
+                  *(title for title, _ in extra), *spread, "paper"]
         for k in sorted_keys(list(rows) + list(paper)):
             c = rows.get(k, {})
             body.append([label(k), str(c.get("runs", 0)), fmt(c.get("gap")), fmt(c.get("pixel_fd")), fmt(c.get("fid")),
                          fmt(c.get("kid")), *(fmt(c.get(m)) for _, m in extra),
+                         *([fmt(c.get("gap_range"))] if spread else []),
                          fmt(paper.get(k, "plot only" if not paper else None))])
             ours[k] = next((c[m] for m in ("fid", "pixel_fd", "gap") if c.get(m) is not None), None)
     return header, body, [("FID, else pixel FD, else gap", ours, dict(paper))]

@@ -27,8 +27,12 @@ def test_experiment_composes_and_names_only_real_keys(name, scale):
     assert params, f"{name} sweeps nothing"
     base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     for key, values in params.items():
-        assert OmegaConf.select(base, key, default="__missing__") != "__missing__", f"{name}: unknown key {key}"
-        for value in str(values).replace("],[", "]|[").split("|" if "[" in str(values) else ","):
+        cells = str(values).replace("],[", "]|[").split("|" if "[" in str(values) else ",")
+        if key.startswith("+"):  # a config group's options (conf/mltract_key/...)
+            assert all((REPO / "conf" / key[1:] / f"{v}.yaml").exists() for v in cells), f"{name}: unknown {key}"
+        else:
+            assert OmegaConf.select(base, key, default="__missing__") != "__missing__", f"{name}: unknown key {key}"
+        for value in cells:
             with initialize_config_dir(str(REPO / "conf")):
                 one = compose("config", overrides=[f"+experiment={name}", f"scale={scale}", f"{key}={value}"])
             check(one)  # every cell of the sweep is a valid job
@@ -105,6 +109,25 @@ def test_steps_and_teacher_layouts_put_each_phase_and_cell_in_its_row():
     assert len(rows) == 12 and rows["x / snr"][1:4] == ["1", "3", "4"] and rows["x / snr"][-1] == "2.65 / 2.75"
     assert rows["eps / truncated_snr"][1:3] == ["0", "missing"] and rows["eps / truncated_snr"][-1] == "diverges"
     assert [c[1][("x", "snr")] for c in comparisons] == [3.0, 4.0] and comparisons[1][2][("x", "snr")] == 2.75
+
+
+def test_recipe_attribution_rows_take_one_ml_tract_key_each_and_show_the_seed_spread():
+    from sweeps.report import table
+    with initialize_config_dir(str(REPO / "conf")):
+        ours = compose("config", overrides=["+experiment=tract_recipe_keys"])
+        cells = {k: compose("config", overrides=["+experiment=tract_recipe_keys", f"+mltract_key={k}"])
+                 for k in ("loss_reduction", "t0", "all")}
+    flat = lambda c: {k: v for k, v in OmegaConf.to_container(c, resolve=True)["distill"].items()}
+    changed = {k: {key for key in flat(ours) if flat(ours)[key] != flat(c)[key]} for k, c in cells.items()}
+    assert changed["loss_reduction"] == {"loss_reduction"} and changed["t0"] == set()
+    assert cells["t0"].diffusion.t0 == "clipped" and "t0" not in ours.diffusion
+    assert {"loss_reduction", "lr", "lr_schedule", "batch_size", "target_precision"} <= changed["all"]
+    assert [c.recipe_key for c in cells.values()] == ["loss_reduction", "t0", "all"] and ours.recipe_key == "none"
+    runs = [{"key": "none", "final": {"gap": g}, "phases": {}} for g in (0.2, 0.3, 0.25)]
+    header, body, _ = table("tract_recipe_keys", runs + [{"key": "lr", "final": {"gap": 0.4}, "phases": {}}])
+    rows = {r[0]: dict(zip(header, r)) for r in body}
+    assert rows["none"]["runs"] == "3" and float(rows["none"]["gap (ours)"]) == pytest.approx(0.25)
+    assert rows["none"]["gap min / max over runs"] == "0.2 / 0.3" and rows["lr"]["gap min / max over runs"] == "0.4 / 0.4"
 
 
 def test_a_malicious_stored_param_is_refused_not_run(tmp_path):
