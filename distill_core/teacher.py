@@ -38,6 +38,7 @@ class TeacherConfig:
     grad_clip: float = 1.0
     ema: float = 0.999
     dropout: Optional[float] = None  # None: the preset's
+    width: Optional[int] = None  # None: the preset's (U-Net base channels, MLP hidden units)
     seed: int = 0
     checkpoint_every: int = 500
     compile: bool = False  # torch.compile the network call: a speed choice, not part of the teacher's identity
@@ -64,7 +65,7 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = DiffusionModel(cfg.preset, data.shape, cfg.noise_family(),
-                           network_overrides={"dropout": cfg.dropout},
+                           network_overrides={"dropout": cfg.dropout, "width": cfg.width},
                            info={"role": "teacher", "method": "teacher", "dataset": data.name,
                                  "teacher_config": asdict(cfg)}).use_fast_paths(device, cfg.compile, cfg.precision)
     ema = EMA(model, cfg.ema)

@@ -34,7 +34,8 @@ def teacher_key(tc: TeacherConfig, data_cfg: dict) -> str:
     the t = 0 convention (training draws t ~ U(0, 1); both are applied at load);
     speed choices (compile, precision) are not.
     VP keys are those from before families existed, so stores keep reusing their VP teachers."""
-    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile", "precision", "family")},
+    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile", "precision", "family")
+                        and not (k == "width" and v is None)},  # (keys from before model.width stay valid)
             "data": data_cfg}
     family = {k: v for k, v in tc.family.items() if k not in ("sampler", "t0")}  # (training never draws t = 0)
     if family != {"family": "vp"}:

@@ -77,3 +77,24 @@ def test_fashion_mnist_full_set_offline(tmp_path):
     train = D.load("fashion_mnist", "train", root=str(tmp_path))
     assert len(train) == 60000 and train.shape == (1, 28, 28)
     assert len(D.load("fashion_mnist", "test", root=str(tmp_path))) == 10000
+
+
+def test_model_width_widens_the_network_and_keys_a_new_teacher_while_stored_keys_stay():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from distill_core.models import build_network, count_parameters
+    from sweeps.config import teacher_config
+    from sweeps.teachers import teacher_key
+    assert build_network("unet_tiny", 1, width=64).emb[0].in_features == 64  # the time embedding's width
+    assert count_parameters(build_network("unet_tiny", 1, width=64)) > 3 * count_parameters(build_network("unet_tiny", 1))
+    assert build_network("mlp", 2, width=16).net[0].out_features == 16
+    with initialize_config_dir(str(REPO / "conf")):
+        default, wide = (compose("config", overrides=o) for o in ([], ["model.width=64"]))
+    keys = [teacher_key(teacher_config(c), dict(c.data)) for c in (default, wide)]
+    assert keys[0] == "147d733313ce3341", "the default teacher's key (stores keep reusing their teachers)"
+    assert keys[1] != keys[0]
+    teacher = DiffusionModel("unet_tiny", (1, 8, 8), network_overrides={"width": 64})
+    assert teacher.net.emb[0].in_features == 64
+    restored = DiffusionModel.from_state(teacher.to_state())  # a registered wide teacher loads wide
+    assert restored.net.emb[0].in_features == 64

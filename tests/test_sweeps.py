@@ -378,6 +378,7 @@ BAD_INPUTS = [
     (f"eval.kid=true eval.inception_weights={REPO}/pyproject.toml", "pyproject.toml is not a torch weights file"),
     ("+optuna.trial=3", "optuna.trial=3 is set by the Optuna sweeper"),
     ("tracking.outage_limit_s=0", "tracking.outage_limit_s must be a number of seconds > 0; got 0"),
+    ("model.width=0", "model.width must be a positive integer or null (the preset's); got 0"),
     ("tracking.system_metrics=maybe", "tracking.system_metrics must be one of False, True; got 'maybe'"),
 ]
 

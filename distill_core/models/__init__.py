@@ -18,11 +18,14 @@ PRESETS = {
 
 
 def build_network(preset: str, in_channels: int, out_heads: int = 1, **overrides):
-    """A network for `preset` with `overrides` (e.g. dropout=0) applied on top."""
+    """A network for `preset` with `overrides` (e.g. dropout=0) applied on top; `width` is the U-Net's base
+    channels or the MLP's hidden units."""
     if preset not in PRESETS:
         raise ValueError(f"model.preset must be one of {', '.join(PRESETS)}; got {preset!r}")
-    spec = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    spec = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None and k != "width"}}
     kind = spec.pop("kind")
+    if overrides.get("width") is not None:
+        spec["hidden" if kind == "mlp" else "channels"] = int(overrides["width"])
     if kind == "mlp":
         return MLP(dim=in_channels, out_heads=out_heads, **spec)
     return UNet(in_channels=in_channels, out_heads=out_heads, **spec)
