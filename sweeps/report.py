@@ -33,6 +33,27 @@ def recipe(p: dict) -> str:
     return "tract_mltract" if p.get("distill.loss_reduction") == "sum" else p["distill.method"]
 
 
+# tract_recipe_keys: ml-tract's value of each recipe key that differs from ours (conf/mltract_key/, docs/recipes.md)
+MLTRACT = {"loss_reduction": ("distill.loss_reduction", "sum"), "lr": ("distill.lr", 2e-4),
+           "lr_schedule": ("distill.lr_schedule", "constant"), "batch_size": ("distill.batch_size", 256),
+           "mu_i": ("distill.mu_i_residual", 1e-3), "target_precision": ("distill.target_precision", "float64"),
+           "t0": ("diffusion.t0", "clipped")}
+
+
+def mltract_key(p: dict) -> str:
+    """Which of ml-tract's settings a TRACT run took over ours, from what it logged: none, one key, all."""
+    def took(name, want):
+        value = p.get(name)
+        if value is None:
+            return False
+        try:
+            return float(value) == want if isinstance(want, float) or isinstance(want, int) else str(value) == want
+        except ValueError:
+            return False
+    taken = [key for key, (name, want) in MLTRACT.items() if took(name, want)]
+    return "none" if not taken else "all" if len(taken) == len(MLTRACT) else "+".join(taken)
+
+
 SPECS = {
     "tract_mu_s": dict(axes=["distill.mu_s"], key=lambda p: float(p["distill.mu_s"]),
                        paper={0.0: 6.32, 0.5: 5.24, 0.9: 6.04, 0.99: 7.61},
@@ -60,7 +81,7 @@ SPECS = {
                                 extra=[("teacher gap at the student's steps", "teacher_gap")],
                                 note="TRACT section 5: 1024->32->1 (FID 5.24) beats binary BTD (5.95) at 96M "
                                      "samples; no budget sweep published"),
-    "tract_recipe_keys": dict(axes=["recipe_key"], key=lambda p: p["recipe_key"], paper={}, spread=True,
+    "tract_recipe_keys": dict(axes=["ml-tract setting"], key=mltract_key, paper={}, spread=True,
                               extra=[("teacher gap at the student's steps", "teacher_gap")],
                               note="no paper numbers: ours (distill=tract) with one of ml-tract's settings at a time "
                                    "(none = ours, all = distill=tract_mltract; docs/recipes.md)"),
