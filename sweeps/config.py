@@ -61,8 +61,8 @@ def teacher_config(cfg: DictConfig) -> TeacherConfig:
     t = _plain(cfg.teacher)
     known = {f.name for f in fields(TeacherConfig)}
     tc = TeacherConfig(**{k: v for k, v in t.items() if k in known}, preset=cfg.model.preset,
-                       dropout=cfg.model.dropout, width=cfg.model.get("width"), seed=cfg.seed, compile=cfg.compile, precision=cfg.precision,
-                       family=family_config(cfg))
+                       dropout=cfg.model.dropout, width=cfg.model.get("width"), seed=cfg.seed, compile=cfg.compile,
+                       precision=cfg.precision, family=family_config(cfg))
     if tc.width is not None and (not isinstance(tc.width, int) or isinstance(tc.width, bool) or tc.width < 1):
         raise ConfigError(f"model.width must be a positive integer or null (the preset's); got {tc.width!r}")
     for key in ("updates", "batch_size"):

@@ -47,7 +47,7 @@ def mltract_key(p: dict) -> str:
         if value is None:
             return False
         try:
-            return float(value) == want if isinstance(want, float) or isinstance(want, int) else str(value) == want
+            return float(value) == want if isinstance(want, (int, float)) else str(value) == want
         except ValueError:
             return False
     taken = [key for key, (name, want) in MLTRACT.items() if took(name, want)]
