@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-# Hydra 1.4 warns on every config-instantiated callback (our own MlflowSweepCallback) until
+# Hydra 1.4 warns on every config-instantiated callback (our own SweepParentRun) until
 # call sites pass an execution whitelist, which Hydra's own callback loader does not yet do.
 warnings.filterwarnings("ignore", message=r"(?s).*_execution_whitelist_")
 
@@ -34,10 +34,10 @@ def unknown_group_option(argv: list[str]):
 
 
 def register_sweeper() -> None:
-    """`hydra/sweeper=optuna` names our sweeper (sweeps.sweeper), a plugin Hydra does not scan for."""
+    """`hydra/sweeper=optuna` names our sweeper (sweeps.multirun.sweeper), a plugin Hydra does not scan for."""
     from hydra.core.plugins import Plugins
 
-    from sweeps.sweeper import OptunaSweeper
+    from sweeps.multirun.sweeper import OptunaSweeper
     Plugins.instance().register(OptunaSweeper)
 
 
@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     problem = unknown_group_option(sys.argv[1:])
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        from sweeps.common.errors import fail
+        fail(problem)
     register_sweeper()
     main()

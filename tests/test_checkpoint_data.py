@@ -84,8 +84,8 @@ def test_model_width_widens_the_network_and_keys_a_new_teacher_while_stored_keys
 
     from conftest import REPO
     from distill_core.models import build_network, count_parameters
-    from sweeps.config import teacher_config
-    from sweeps.teachers import teacher_key
+    from sweeps.settings.checks import teacher_config
+    from sweeps.teachers.trained import teacher_key
     assert build_network("unet_tiny", 1, width=64).emb[0].in_features == 64  # the time embedding's width
     assert count_parameters(build_network("unet_tiny", 1, width=64)) > 3 * count_parameters(build_network("unet_tiny", 1))
     assert build_network("mlp", 2, width=16).net[0].out_features == 16

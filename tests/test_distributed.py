@@ -19,7 +19,8 @@ from distill_core.callbacks import Callback
 from distill_core.distill import DistillConfig
 from distill_core.placement import DriftError
 from distill_core.teacher import TeacherConfig
-from sweeps.distributed import Ranks, WorkerError, distill_task, teacher_task
+from sweeps.ranks.launch import Ranks, WorkerError
+from sweeps.ranks.tasks import distill_task, teacher_task
 
 
 class LineCallback(Callback):
@@ -32,7 +33,7 @@ class LineCallback(Callback):
 
 
 class FileRecorder:
-    """Stands in for the MLflow Reporter: rank 0 appends what it reports to a file (picklable)."""
+    """Stands in for the MLflow RunReporter: rank 0 appends what it reports to a file (picklable)."""
 
     def __init__(self, path):
         self.path = str(path)
@@ -174,7 +175,11 @@ def test_the_slurm_preset_asks_for_one_task_and_one_gpu_per_rank(tmp_path):
 
 
 def test_nodes_outside_a_cluster_and_devices_beyond_the_gpus_are_refused(tmp_path):
-    from sweeps.distributed import check
+    from sweeps.ranks.layout import layout_problem
+
+    def check(cfg, device):
+        return layout_problem(cfg.devices, cfg.nodes, {"distill.batch_size": cfg.distill.batch_size,
+                                                       "teacher.batch_size": cfg.teacher.batch_size}, device)
     from test_sweeps import compose
     cfg = compose(["nodes=2", "+debug=tiny"], tmp_path)
     assert check(cfg, "cpu").startswith("nodes=2 needs a cluster launcher")

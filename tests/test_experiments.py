@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from sweeps.config import check
-from sweeps.report import SPECS
+from sweeps.settings.checks import check_keys as check
+from sweeps.tools.report.specs import SPECS
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
@@ -51,7 +51,7 @@ def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
     import mlflow
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = mlflow.tracking.MlflowClient()
-    # a third trial, as an Optuna pruner leaves it (sweeps.job.pruned): KILLED with pruned_at_phase
+    # a third trial, as an Optuna pruner leaves it (sweeps.job.pruned.record_pruned): KILLED with pruned_at_phase
     pruned = mlflow.search_runs(experiment_names=["ablation-tract_mu_s"], output_format="list",
                                 filter_string="params.`distill.mu_s` = '0.9'")[0].info.run_id
     client.set_tag(pruned, "pruned_at_phase", "1")
@@ -81,7 +81,7 @@ def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
 
 
 def test_agreement_line_is_kendalls_tau_over_the_shared_cells():
-    from sweeps.report import agreement
+    from sweeps.tools.report.tables import agreement
     paper = {0.0: 6.32, 0.5: 5.24, 0.9: 6.04, 0.99: 7.61}
     same = agreement("gap", {0.0: 3.0, 0.5: 1.0, 0.9: 2.0, 0.99: 4.0}, paper)
     assert "tau +1.00 (same ordering)" in same and "ours 0.5, paper 0.5" in same
@@ -91,7 +91,7 @@ def test_agreement_line_is_kendalls_tau_over_the_shared_cells():
 
 
 def test_steps_and_teacher_layouts_put_each_phase_and_cell_in_its_row():
-    from sweeps.report import table
+    from sweeps.tools.report.tables import table
     runs = [{"key": s, "final": {}, "phases": {2: {"gap": g, "pixel_fd": 10.0 + g, "teacher_pixel_fd": 20.0,
                                                    "teacher_pixel_fd_ancestral": 30.0, "teacher_ancestral_gamma": 0.5},
                                                1: {"gap": 2 * g, "pixel_fd": 40.0}}} for s, g in ((0, 0.1), (1, 0.3))]
@@ -114,8 +114,9 @@ def test_steps_and_teacher_layouts_put_each_phase_and_cell_in_its_row():
 def test_recipe_attribution_cells_take_one_ml_tract_key_each_and_the_report_shows_the_seed_spread():
     """Each +mltract_key option changes exactly its key to ml-tract's value (all: every one, as distill=tract_mltract),
     and the report reads the cell back from the params the job logs, in either order of the overrides."""
-    from sweeps.report import MLTRACT, mltract_key, table
-    from sweeps.tracking import job_params
+    from sweeps.tools.report.specs import MLTRACT, mltract_key
+    from sweeps.tools.report.tables import table
+    from sweeps.tracking.params import job_params
     options = sorted(p.stem for p in (REPO / "conf" / "mltract_key").glob("*.yaml"))
     assert options == sorted([*MLTRACT, "none", "all"])
     for option in options:
@@ -133,7 +134,7 @@ def test_recipe_attribution_cells_take_one_ml_tract_key_each_and_the_report_show
 
 def test_a_malicious_stored_param_is_refused_not_run(tmp_path):
     """The report parses schedules read back from the store as literals only: code is never run."""
-    from sweeps.report import SPECS
+    from sweeps.tools.report.specs import SPECS
     marker = tmp_path / "pwned"
     key = SPECS["tract_phases_total"]["key"]
     with pytest.raises(ValueError):

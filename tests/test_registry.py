@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from distill_core.diffusion import DiffusionModel
-from sweeps import registry, tracking
+from sweeps import registry
+from sweeps.tracking import store as tracking
 
 
 @pytest.fixture

@@ -153,7 +153,7 @@ def test_no_password_reaches_the_store_or_the_logs(postgres, tmp_path):
 def test_credentials_in_the_tracking_uri_are_redacted_in_params():
     from hydra import compose, initialize_config_dir
 
-    from sweeps.tracking import flatten
+    from sweeps.tracking.params import flatten
     with initialize_config_dir(str(REPO / "conf")):
         cfg = compose("config", overrides=["tracking.uri=http://alice:pa55@mlflow.example:5000"])
     assert flatten(cfg)["tracking.uri"] == "http://alice:***@mlflow.example:5000"
@@ -197,7 +197,7 @@ def test_the_study_lock_admits_one_holder_at_a_time(kind, request, tmp_path):
     import threading
     import time
 
-    from sweeps.sweeper import study_lock
+    from sweeps.common.locks import exclusive as study_lock
     storage = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else f"{request.getfixturevalue('postgres')}/optuna"
     events = []
     with study_lock(storage, "s"):

@@ -172,3 +172,14 @@ def load(uri: str, device: str = "cpu", allow_pickle: bool = False):
         except CheckpointError as e:
             raise RegistryError(f"{uri} (version {version.version}): {e}") from None
     return DiffusionModel.from_state(state).to(device)
+
+
+def abandon_model(model_id) -> None:
+    """A student that will not be registered (pruned): its pending logged model is marked FAILED."""
+    if not model_id:
+        return
+    try:
+        from mlflow.entities import LoggedModelStatus
+        MlflowClient().finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    except Exception:  # noqa: BLE001 (a courtesy)
+        pass

@@ -1,4 +1,4 @@
-"""Hydra callbacks: group a multirun under one MLflow parent run.
+"""A multirun's MLflow parent run (a Hydra callback): the sweep's jobs are grouped under it.
 
 The parent is created in the driver (`on_multirun_start`), which also creates the SQLite
 store first so parallel jobs never race on its schema; jobs find the parent through an
@@ -16,26 +16,25 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
-class MlflowSweepCallback(Callback):
+class SweepParentRun(Callback):
     def __init__(self):
         self.run_id = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from mlflow.tracking import MlflowClient
 
-        from sweeps import tracking
-        from sweeps.redaction import redact, redact_logs
+        from ..common.errors import fail
+        from ..common.redaction import redact, redact_logs
+        from ..tracking import store
+        from .sweeper import config_problem
         redact_logs()  # the sweeper's own lines (the Optuna sweeper logs its storage URL)
-        from sweeps.sweeper import config_problem
         problem = config_problem(config.hydra.sweeper, config.hydra.launcher)
         if problem:  # before the sweep's parent run exists
-            print(f"error: {problem}", file=sys.stderr, flush=True)
-            raise SystemExit(2)
+            fail(problem)
         try:
-            exp_id = tracking.setup(config.tracking.uri, config.experiment_name)
-        except tracking.AuthError as e:
-            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
-            raise SystemExit(2)
+            exp_id = store.setup(config.tracking.uri, config.experiment_name)
+        except store.AuthError as e:
+            fail(str(e))
         sweep_dir = str(config.hydra.sweep.dir)
         overrides = redact(" ".join(config.hydra.overrides.task))
         try:
@@ -43,16 +42,14 @@ class MlflowSweepCallback(Callback):
                                             tags={"role": "sweep", "sweep.dir": sweep_dir, "sweep.overrides": overrides,
                                                   "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]})
         except Exception as e:
-            if not tracking.denied(e):
+            if not store.denied(e):
                 raise
-            print(f"error: tracking.uri={redact(str(config.tracking.uri))}: user {tracking.user()} may not create runs "
-                  f"in experiment {config.experiment_name} (403 {e.error_code}); ask its owner for EDIT access",
-                  file=sys.stderr, flush=True)
-            raise SystemExit(2)
-        self.run_id, self.link = run.info.run_id, tracking.ui_link(str(config.tracking.uri), exp_id)
+            fail(f"tracking.uri={config.tracking.uri}: user {store.user()} may not create runs in experiment "
+                 f"{config.experiment_name} (403 {e.error_code}); ask its owner for EDIT access")
+        self.run_id, self.link = run.info.run_id, store.ui_link(str(config.tracking.uri), exp_id)
         self.exp_id, self.ended, self.interrupted = exp_id, False, False
-        os.environ[tracking.PARENT_ENV] = self.run_id
-        os.environ[tracking.SWEEP_ENV] = self.run_id
+        os.environ[store.PARENT_ENV] = self.run_id
+        os.environ[store.SWEEP_ENV] = self.run_id
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, self._interrupted)
@@ -67,7 +64,7 @@ class MlflowSweepCallback(Callback):
         if self.ended or not self.run_id:
             return
         self.ended = True
-        from sweeps.tracking import INTERRUPTED
+        from ..tracking.signals import INTERRUPTED
         status = "KILLED" if self.interrupted or INTERRUPTED.is_set() else "FAILED"
         try:
             import psutil

@@ -1,6 +1,6 @@
 """A job and its Optuna trial: which trial it is, what it reports, when it stops.
 
-Our sweeper (`sweeps.sweeper`, `hydra/sweeper=optuna`) passes each job its trial number as the
+Our sweeper (`multirun.sweeper`, `hydra/sweeper=optuna`) passes each job its trial number as the
 override `+optuna.trial=N`; the study's name, storage and pruner are in the job's own Hydra config
 (`hydra.sweeper`). Nothing is matched by parameter values, so trials with identical parameters, or
 several sweepers on one study, still link each run to its own trial.
@@ -20,6 +20,7 @@ from distill_core.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
+SWEEPER = "sweeps.multirun.sweeper.OptunaSweeper"  # (the `_target_` of conf/hydra/sweeper/optuna.yaml)
 PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
            "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner"}
 
@@ -56,7 +57,7 @@ class TrialLink:
     objective: str = "gap"
 
     def tags(self) -> dict:
-        from .redaction import redact
+        from ..common.redaction import redact
         return {"optuna.study": self.study, "optuna.trial": str(self.number), "optuna.storage": redact(self.storage)}
 
     def _trial(self):
@@ -72,6 +73,10 @@ class TrialLink:
         study, trial = self._trial()
         trial.report(float(value), int(update))
         return trial.should_prune()
+
+    def wrap(self, callback: Callback) -> Callback:
+        """`callback` (the run's logger) plus this trial: each phase's objective reported, and pruning."""
+        return PruningCallback(callback, self)
 
     def prune(self) -> None:
         import optuna
@@ -89,7 +94,7 @@ def current_trial(cfg: DictConfig) -> Optional[TrialLink]:
         sweeper = HydraConfig.get().sweeper
     except ValueError:
         sweeper = None
-    if sweeper is None or "study_name" not in sweeper or str(sweeper.get("_target_", "")) != "sweeps.sweeper.OptunaSweeper":
+    if sweeper is None or "study_name" not in sweeper or str(sweeper.get("_target_", "")) != SWEEPER:
         raise ValueError(f"optuna.trial={number} is set by the Optuna sweeper (python -m sweeps.run -m "
                          f"hydra/sweeper=optuna ...); remove it from a job of your own")
     return TrialLink(storage=str(sweeper.storage), study=str(sweeper.study_name), number=int(number),

@@ -34,9 +34,11 @@ class TrackingOutage(RuntimeError):
 
 
 class Outbox:
-    def __init__(self, run_id: str, outage_limit_s: float = 600.0, retry_s: float = 2.0, tracking_uri=None):
+    def __init__(self, run_id: str, outage_limit_s: float = 600.0, retry_s: float = 2.0, tracking_uri=None,
+                 client=None):
+        """`client`: what delivers (default: an MlflowClient of `tracking_uri`, made in the delivering thread)."""
         self.run_id, self.outage_limit_s, self.retry_s = run_id, float(outage_limit_s), float(retry_s)
-        self.tracking_uri = tracking_uri
+        self.tracking_uri, self.client = tracking_uri, client
         self._queue: "queue.Queue" = queue.Queue()
         self._pending = 0  # queued, not yet delivered
         self._lock = threading.Lock()
@@ -72,7 +74,7 @@ class Outbox:
         since = self._failing_since
         return 0.0 if since is None else time.monotonic() - since
 
-    def check(self) -> None:
+    def raise_if_stalled(self) -> None:
         """Raise TrackingOutage when the store has not answered for longer than allowed."""
         lasted = self.stalled()
         if lasted > self.outage_limit_s:
@@ -95,7 +97,7 @@ class Outbox:
     def close(self) -> None:
         """Deliver everything queued; TrackingOutage if the store stays away past the limit."""
         if not self.drain():
-            self.check()
+            self.raise_if_stalled()
             raise TrackingOutage("the tracking store did not take the last metrics in time")
         shutil.rmtree(self._staging, ignore_errors=True)
 
@@ -133,7 +135,7 @@ class Outbox:
 
     def _deliver(self) -> None:
         from mlflow.tracking import MlflowClient
-        client = MlflowClient(self.tracking_uri)
+        client = self.client or MlflowClient(self.tracking_uri)
         while True:
             kind, payload = self._queue.get()
             taken = 1

@@ -9,7 +9,7 @@ and `hydra/sweeper/sampler/*`), and replace the loop:
 
 - every job gets `+optuna.trial=<number>` (and `hydra.job.num` = the trial number, so the job folders
   of several sweepers on one sweep dir never collide); the job reports each phase's objective and asks
-  the pruner (`sweeps.optuna_link`), and tells a pruned trial PRUNED itself;
+  the pruner (`multirun.trial`), and tells a pruned trial PRUNED itself;
 - each thread of this process (`n_jobs`, default 1) keeps one job in flight: ask a trial, launch it,
   tell its value, ask the next; no batch barrier;
 - trials are asked under a lock held across every process sharing the study (a file lock next to a
@@ -18,11 +18,9 @@ and `hydra/sweeper/sampler/*`), and replace the loop:
   `MaxTrialsCallback` can overshoot by one trial per extra worker, hence the lock.
 """
 import contextlib
-import fcntl
 import functools
-import hashlib
 import logging
-import sys
+import math
 import threading
 from pathlib import Path
 from typing import Any, Optional
@@ -33,51 +31,15 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..common.errors import fail
+from ..common.locks import exclusive
+
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def study_lock(storage: str, study_name: str):
-    """Held by one process at a time among all that share `storage` and `study_name`."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
-    url = make_url(storage)
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        path = Path(url.database or "optuna.db").resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{path}.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-        return
-    key = int.from_bytes(hashlib.sha256(f"distill-sweeps:{study_name}".encode()).digest()[:8], "big", signed=True)
-    if backend == "postgresql":
-        lock, unlock = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"
-    elif backend in ("mysql", "mariadb"):
-        lock, unlock, key = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)", f"distill-sweeps:{key}"
-    else:
-        log.warning("no lock for %s storages: several sweepers on one study may exceed n_trials", backend)
-        yield
-        return
-    engine = create_engine(url, poolclass=NullPool)  # one connection, held while the lock is
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(lock), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text(unlock), {"k": key})
-    finally:
-        engine.dispose()
 
 
 def config_problem(sweeper: DictConfig, launcher: DictConfig) -> Optional[str]:
     """Bad sweeper settings as one line (checked before the sweep's parent run exists), or None."""
-    from .optuna_link import PRUNERS
+    from .trial import PRUNERS
     if str(sweeper.get("_target_", "")) != f"{__name__}.OptunaSweeper":
         return None
     storage, n_trials, n_jobs = sweeper.get("storage"), sweeper.get("n_trials"), sweeper.get("n_jobs")
@@ -123,36 +85,10 @@ class OptunaSweeper(Sweeper):
         return [getattr(x, "name", str(x)) for x in items]
 
     def sweep(self, arguments: list[str]) -> None:
-        import optuna
-        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-
-        from .optuna_link import build_pruner, open_storage
-        from .redaction import redact
         problem = config_problem(self.config.hydra.sweeper, self.config.hydra.launcher)
         if problem:
-            print(f"error: {problem}", file=sys.stderr, flush=True)
-            raise SystemExit(2)
-        space = [f"{k!s}={v}" for k, v in (self.params or {}).items()] + list(arguments)
-        distributions, fixed, fixed_overrides = create_params_from_overrides(space)
-        for name in fixed:
-            distributions.pop(name, None)
-        if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
-            grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(v) for k, v in distributions.items()}
-            self.sampler = self.sampler(grid)
-            size = 1
-            for values in grid.values():
-                size *= len(values)
-            self.n_trials = min(self.n_trials, size)
-        self.directions = self._directions()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        with study_lock(self.storage, self.study_name):  # (a fresh SQLite file gets its schema once)
-            self.study = optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage),
-                                             sampler=self.sampler, pruner=build_pruner(self.pruner_spec),
-                                             directions=self.directions, load_if_exists=True)
-        log.info("Optuna study %s in %s: %d trial(s) in total, %d job(s) in flight here, sampler %s, pruner %s",
-                 self.study_name, redact(str(self.storage)), self.n_trials, self.n_jobs, type(self.sampler).__name__,
-                 (self.pruner_spec or {}).get("name", "none"))
-        self.distributions, self.fixed, self.fixed_overrides = distributions, fixed, fixed_overrides
+            fail(problem)
+        self._open_study(arguments)
         errors: list[BaseException] = []
 
         def worker():
@@ -174,10 +110,37 @@ class OptunaSweeper(Sweeper):
             raise errors[0]
         self._write_results()
 
+    def _open_study(self, arguments: list[str]) -> None:
+        """The search space from `params` and the command line, the sampler (a grid's size caps n_trials), and
+        the study, created under the study's lock (a fresh SQLite file gets its schema once)."""
+        import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+
+        from ..common.redaction import redact
+        from .trial import build_pruner, open_storage
+        space = [f"{k!s}={v}" for k, v in (self.params or {}).items()] + list(arguments)
+        distributions, fixed, fixed_overrides = create_params_from_overrides(space)
+        for name in fixed:
+            distributions.pop(name, None)
+        if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
+            grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(v) for k, v in distributions.items()}
+            self.sampler = self.sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(values) for values in grid.values()))
+        self.directions = self._directions()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with exclusive(self.storage, self.study_name):
+            self.study = optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage),
+                                             sampler=self.sampler, pruner=build_pruner(self.pruner_spec),
+                                             directions=self.directions, load_if_exists=True)
+        log.info("Optuna study %s in %s: %d trial(s) in total, %d job(s) in flight here, sampler %s, pruner %s",
+                 self.study_name, redact(str(self.storage)), self.n_trials, self.n_jobs, type(self.sampler).__name__,
+                 (self.pruner_spec or {}).get("name", "none"))
+        self.distributions, self.fixed, self.fixed_overrides = distributions, fixed, fixed_overrides
+
     def _ask(self):
         """The next trial of the study, or None once it holds n_trials (waiting, enqueued trials first)."""
         import optuna
-        with study_lock(self.storage, self.study_name):
+        with exclusive(self.storage, self.study_name):
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
             if not waiting and len(trials) >= self.n_trials:

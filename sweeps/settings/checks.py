@@ -1,7 +1,8 @@
-"""Turn the Hydra config into the core's dataclasses, rejecting bad values before any work.
+"""Every public key checked, and the core's configs built from them, before any work.
 
-A bad value raises `ConfigError` with one line naming the key, the value and what is allowed;
-the entry point prints that line and exits with code 2.
+A bad value raises `ConfigError` with one line naming the key, the value and what is allowed; the
+job prints that line and exits with code 2 (`common.errors.fail`). Where the teacher comes from
+(`teacher.source`) is the teacher sources' to judge (`sweeps.teachers`).
 """
 from dataclasses import fields
 
@@ -75,12 +76,13 @@ def teacher_config(cfg: DictConfig) -> TeacherConfig:
     return tc
 
 
-def check(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
-    """Every public key, checked; returns the core configs."""
-    def one_of(key, value, allowed):
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+def one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
+
+def check_keys(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
+    """Every public key, checked; returns the core configs."""
     one_of("data.name", cfg.data.name, core_data.DATASETS)
     one_of("model.preset", cfg.model.preset, tuple(PRESETS))
     one_of("diffusion.family", cfg.diffusion.family, tuple(core_families.FAMILIES))
@@ -94,32 +96,48 @@ def check(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
     if cfg.teacher.parameterization != cfg.distill.parameterization:
         raise ConfigError(f"teacher.parameterization ({cfg.teacher.parameterization}) must equal "
                           f"distill.parameterization ({cfg.distill.parameterization}): the student starts from the teacher")
-    src = str(cfg.teacher.source)
-    if src != "train" and not src.startswith("models:/"):
-        raise ConfigError(f"teacher.source must be 'train' or a models:/NAME@ALIAS (or models:/NAME/VERSION) URI; got {src!r}")
-    if cfg.objective in ("fid", "kid") and not cfg.eval[cfg.objective]:
-        raise ConfigError(f"objective={cfg.objective} needs eval.{cfg.objective}=true")
-    if cfg.objective == "pixel_fd" and not cfg.eval.pixel_fd_samples:
-        raise ConfigError("objective=pixel_fd needs eval.pixel_fd_samples >= 2")
-    m = cfg.eval.pixel_fd_samples
-    if not isinstance(m, int) or m == 1 or m < 0:
-        raise ConfigError(f"eval.pixel_fd_samples must be 0 (off) or an integer >= 2; got {m!r}")
-    gammas = list(cfg.eval.ancestral_gammas)
-    if not gammas or any(not isinstance(g, (int, float)) or not 0 <= g <= 1 for g in gammas):
-        raise ConfigError(f"eval.ancestral_gammas must be a non-empty list of numbers in [0, 1]; got {gammas!r}")
-    k = cfg.eval.fid_seeds
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"eval.fid_seeds must be a positive integer; got {k!r}")
-    one_of("eval.fid_extrapolate", cfg.eval.fid_extrapolate, (False, True))
-    n = cfg.eval.num_samples
-    if n is not None and (not isinstance(n, int) or n < 2):
-        raise ConfigError(f"eval.num_samples must be an integer >= 2 or null; got {n!r}")
-    one_of("tracking.async_logging", cfg.tracking.async_logging, (False, True))
-    one_of("tracking.system_metrics", cfg.tracking.system_metrics, (False, True))
-    for key in ("outage_limit_s", "system_metrics_interval"):
-        v = cfg.tracking[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ConfigError(f"tracking.{key} must be a number of seconds > 0; got {v!r}")
+    check_eval(cfg.eval, cfg.objective)
+    check_tracking(cfg.tracking)
     if cfg.data.name == "toy2d" and cfg.model.preset != "mlp" or cfg.model.preset == "mlp" and cfg.data.name != "toy2d":
         raise ConfigError(f"model.preset=mlp goes with data.name=toy2d only; got model.preset={cfg.model.preset}, data.name={cfg.data.name}")
     return teacher_config(cfg), distill_config(cfg)
+
+
+def check_eval(ev, objective: str) -> None:
+    """`eval.*`, and the objective it must compute."""
+    if objective in ("fid", "kid") and not ev[objective]:
+        raise ConfigError(f"objective={objective} needs eval.{objective}=true")
+    if objective == "pixel_fd" and not ev.pixel_fd_samples:
+        raise ConfigError("objective=pixel_fd needs eval.pixel_fd_samples >= 2")
+    m = ev.pixel_fd_samples
+    if not isinstance(m, int) or m == 1 or m < 0:
+        raise ConfigError(f"eval.pixel_fd_samples must be 0 (off) or an integer >= 2; got {m!r}")
+    gammas = list(ev.ancestral_gammas)
+    if not gammas or any(not isinstance(g, (int, float)) or not 0 <= g <= 1 for g in gammas):
+        raise ConfigError(f"eval.ancestral_gammas must be a non-empty list of numbers in [0, 1]; got {gammas!r}")
+    k = ev.fid_seeds
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"eval.fid_seeds must be a positive integer; got {k!r}")
+    one_of("eval.fid_extrapolate", ev.fid_extrapolate, (False, True))
+    n = ev.num_samples
+    if n is not None and (not isinstance(n, int) or n < 2):
+        raise ConfigError(f"eval.num_samples must be an integer >= 2 or null; got {n!r}")
+
+
+def check_tracking(tr) -> None:
+    one_of("tracking.async_logging", tr.async_logging, (False, True))
+    one_of("tracking.system_metrics", tr.system_metrics, (False, True))
+    for key in ("outage_limit_s", "system_metrics_interval"):
+        v = tr[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"tracking.{key} must be a number of seconds > 0; got {v!r}")
+
+
+def resolve_device(name: str) -> str:
+    """`device=auto|cpu|cuda` -> cpu or cuda (ConfigError when CUDA is asked for and absent)."""
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return name

@@ -1,4 +1,4 @@
-"""Data-parallel jobs (`devices=N`, `nodes=M`): the ranks, who launches them, who reports.
+"""Launching a job's trainings on its ranks (`devices=N`, `nodes=M`): one process, elastic workers, or cluster tasks.
 
 The job process (Hydra's job, under any launcher or sweeper) does all but the training: config
 checks, its MLflow run, the teacher lookup, registration. Each training (a teacher, a distillation)
@@ -9,8 +9,8 @@ is a *task*, `fn(placement, device, *args)`, which `Ranks.run` executes:
 - the job running as several SLURM (or submitit-local) tasks, one per rank: the process group is
   initialised once from the cluster's environment (submitit's `TorchDistributedEnvironment`); task 0
   is the job process and sends each task, with its arguments, to the other tasks, which run it too.
-Rank 0 reports into the job's MLflow run on the job's behalf (a picklable `Reporter` builds the
-callback where it runs), checkpoints and evaluates; its result comes back to the job process. A
+Rank 0 reports into the job's MLflow run on the job's behalf (a picklable `tracking.reporter.RunReporter`
+builds the callback where it runs), checkpoints and evaluates; its result comes back to the job process. A
 worker that fails ends the launch with one line naming the rank and the error; collectives time out
 (`distill_core.placement.COLLECTIVE_TIMEOUT`) instead of hanging.
 """
@@ -20,8 +20,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -29,123 +27,13 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from distill_core.loop import DivergenceError
 from distill_core.placement import COLLECTIVE_TIMEOUT, DataParallel, Single
 
+from .layout import cluster_tasks
+
 log = logging.getLogger(__name__)
 
 
 class WorkerError(RuntimeError):
     """A rank failed (one line: which rank, what)."""
-
-
-def cluster_tasks() -> Optional[Any]:
-    """submitit's JobEnvironment when this process is one of several tasks of a submitit job."""
-    if not os.environ.get("SUBMITIT_EXECUTOR"):
-        return None
-    import submitit
-    env = submitit.JobEnvironment()
-    return env if env.num_tasks > 1 else None
-
-
-def check(cfg, device: str) -> Optional[str]:
-    """The `devices`/`nodes` keys against the batch sizes, the GPUs and the launcher: one line or None."""
-    devices, nodes = cfg.devices, cfg.nodes
-    for key, value in (("devices", devices), ("nodes", nodes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return f"{key} must be a positive integer; got {value!r}"
-    ranks = devices * nodes
-    for key in ("distill.batch_size", "teacher.batch_size"):
-        batch = cfg.distill.batch_size if key.startswith("distill") else cfg.teacher.batch_size
-        if isinstance(batch, int) and batch % ranks:
-            return (f"{key}={batch} does not split over devices x nodes = {devices} x {nodes} = {ranks} ranks; "
-                    f"use a multiple of {ranks}")
-    tasks = cluster_tasks()
-    if tasks is not None:
-        if tasks.num_tasks != ranks:
-            return (f"devices x nodes = {devices} x {nodes} = {ranks} ranks, but the job runs as {tasks.num_tasks} "
-                    f"tasks; set hydra.launcher.tasks_per_node=devices and hydra.launcher.nodes=nodes "
-                    f"(the slurm preset does)")
-        if device == "cuda" and torch.cuda.device_count() < tasks.num_tasks // tasks.num_nodes:
-            return (f"devices={devices}: {tasks.num_tasks // tasks.num_nodes} tasks per node but "
-                    f"{torch.cuda.device_count()} visible GPU(s)")
-        return None
-    if nodes > 1:
-        return (f"nodes={nodes} needs a cluster launcher that starts one task per rank on each node "
-                f"(hydra/launcher=slurm); this job runs as a single process")
-    if device == "cuda" and devices > torch.cuda.device_count():
-        return f"devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible; use devices<={torch.cuda.device_count()}"
-    return None
-
-
-@dataclass
-class Reporter:
-    """What rank 0 needs to report into an MLflow run; picklable, the callback is built where it runs."""
-    tracking_uri: str
-    run_id: str
-    synchronous: bool = False  # true: every call in the training thread; false: through an Outbox
-    logged: Optional[dict] = None
-    eval_cfg: Any = None  # the job config, for the phase metrics beyond the gap (pixel FD, FID/KID)
-    trial: Any = None  # an Optuna trial (`sweeps.optuna_link.TrialLink`): each phase's objective, and pruning
-    outage_limit_s: float = 600.0  # how long the tracking store may not answer before the job stops
-    model_id: Optional[str] = None  # the student's logged model: the final phase's metrics are linked to it
-    final_steps: Optional[int] = None
-
-    def callback(self, data=None, device="cpu", teacher=None, base_steps=None):
-        import mlflow
-
-        from . import tracking
-        from .evaluation import phase_metrics
-        from .outbox import Outbox
-        if mlflow.get_tracking_uri() != self.tracking_uri:
-            mlflow.set_tracking_uri(self.tracking_uri)
-        extra = phase_metrics(self.eval_cfg, data, device, teacher, base_steps) if self.eval_cfg is not None else None
-        client = mlflow.tracking.MlflowClient()
-        for key, value in (getattr(extra, "tags", None) or {}).items():  # the FID protocol, on the run
-            client.set_tag(self.run_id, key, value)
-        outbox = None if self.synchronous else Outbox(self.run_id, self.outage_limit_s)
-        callback = tracking.MlflowCallback(self.run_id, outbox=outbox, extra_metrics=extra, logged=self.logged,
-                                           model_id=self.model_id, final_steps=self.final_steps)
-        if self.trial is not None:
-            from .optuna_link import PruningCallback
-            callback = PruningCallback(callback, self.trial)
-        return callback
-
-
-SPILL = "undelivered_metrics.jsonl"  # in the job's folder: what an outage kept from the store, sent on resume
-
-
-def reported(callback, workdir, train):
-    """`train()`, then everything the callback queued delivered; on a tracking outage past its limit,
-    what is still queued goes to `workdir/SPILL` for the resumed job, and TrackingOutage goes on."""
-    from .outbox import TrackingOutage
-    if callback is None:
-        return train()
-    try:
-        result = train()
-        if hasattr(callback, "close"):  # (any core Callback may report; ours deliver what they queued)
-            callback.close()
-        return result
-    except TrackingOutage:
-        outbox = getattr(callback, "out", None) or getattr(getattr(callback, "inner", None), "out", None)
-        if hasattr(outbox, "spill"):
-            outbox.spill(Path(workdir) / SPILL)
-        raise
-
-
-# --- the two tasks: module-level functions, so that spawned workers import them by name ---
-def teacher_task(placement, device, data, tc, reporter: Optional[Reporter], checkpoint_path):
-    from distill_core.teacher import train_teacher
-    callback = reporter.callback() if reporter is not None and placement.is_main else None
-    return reported(callback, Path(checkpoint_path).parent, lambda: train_teacher(
-        data.to(device), tc, callback=callback, checkpoint_path=checkpoint_path, device=device, placement=placement))
-
-
-def distill_task(placement, device, teacher, data, dc, workdir, reporter: Optional[Reporter], eval_noise):
-    from distill_core.distill import Distiller
-    callback = None
-    if reporter is not None and placement.is_main:
-        callback = reporter.callback(data, device, teacher, dc.schedule[0])
-    return reported(callback, workdir, lambda: Distiller(
-        teacher, data.to(device), dc, workdir, callback=callback, device=device, eval_noise=eval_noise,
-        placement=placement).run())
 
 
 @dataclass
@@ -177,8 +65,8 @@ def _run_on_rank(fn, device: str, args):
     except DivergenceError as e:  # every rank sees the same averaged loss: a clean, shared failure
         return _Failure("divergence", str(e))
     if placement.is_main:
-        from . import tracking
-        tracking.flush()
+        from ..tracking.store import flush
+        flush()
         return _cpu(result)
     return None
 

@@ -1,0 +1,26 @@
+"""Stage 6, the finish: the objective the sweeper gets (logged once), the run's description, the link."""
+
+
+def finish(s, run, result, version: str, teacher_ref) -> float:
+    """The job's objective: the last phase's value of `objective`."""
+    import mlflow
+
+    from distill_core.distill import phase_updates
+
+    from ..common.errors import fail
+    from ..tracking import store
+    from ..tracking.describe import describe_run
+    value = result.phases[-1].metrics.get(s.objective)
+    if value is None:
+        fail(f"objective={s.objective} was not computed (enable eval.{s.objective})")
+    total = sum(phase_updates(s.distill))
+    if s.trial is not None:  # the last phase's value is the trial's last intermediate value too
+        s.trial.report(value, total)
+    mlflow.log_metric("objective", float(value), step=total)  # once: what the sweeper gets (param `objective` names it)
+    teacher_run = mlflow.get_run(run.id).data.tags.get("teacher_run_id", "")
+    mlflow.set_tag("mlflow.note.content", describe_run(result, s.what, f"{s.registry.name}/{version}", teacher_ref,
+                                                       run.experiment_id, teacher_run))
+    run.record.update(status="FINISHED")
+    if store.parent_run_id() is None:  # (a sweep prints its own link at its end)
+        print(f"runs: {store.ui_link(s.tracking.uri, run.experiment_id)}", flush=True)
+    return float(value)

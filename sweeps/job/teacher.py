@@ -1,0 +1,29 @@
+"""Stage 3, the teacher: from the job's teacher source, or, for a resumed job, the one it started with.
+
+Its reference is recorded on the student's run (tags `teacher_version`, `teacher_run_id`) and in the
+job's record. A teacher samples with this job's sampler (`diffusion.teacher_sampler`, `diffusion.t0`):
+a reused teacher keeps its training, not its sampling choice; a distilled student that teaches keeps
+its own jump.
+"""
+import logging
+
+from ..teachers import TAG, Acquired, TeacherRef
+
+log = logging.getLogger(__name__)
+
+
+def acquire_teacher(s, run, inputs, ranks) -> Acquired:
+    import mlflow
+    recorded = run.record.get(TAG)
+    if recorded:  # a resumed job keeps the teacher it started with
+        ref = TeacherRef.from_tag(recorded)
+        teacher = Acquired(ref.load(ranks.host_device, s.registry.pickle), ref)
+    else:
+        teacher = inputs.teacher_source.acquire(inputs.data, ranks, run.experiment_id)
+        run.record.update(**{TAG: teacher.ref.tag})
+        mlflow.set_tags({TAG: teacher.ref.tag, "teacher_run_id": teacher.ref.run_id()})
+    model = teacher.model
+    if model.info.get("role") != "student":
+        family = s.teacher.family
+        model.family = model.family.replace(sampler=family["sampler"], **({"t0": family["t0"]} if "t0" in family else {}))
+    return teacher

@@ -1,0 +1,106 @@
+"""From Hydra's config to `JobSettings`, once, at the top of a job: every key checked (exit 2 on bad
+input, before anything starts), and what the job derives from Hydra (its key, run name, output folder,
+params, resolved config) computed here so that no stage needs Hydra or the raw config."""
+import hashlib
+from dataclasses import fields
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..common.errors import fail
+from .checks import ConfigError, check_keys, resolve_device
+from .types import DataSettings, EvalSettings, JobSettings, RegistrySettings, TrackingSettings
+
+# keys left out of a run's name: where it runs and logs, not what it is
+NOT_IN_NAMES = ("hydra", "debug", "eval", "tracking", "experiment_name", "experiment", "optuna", "registry",
+                "cache_dir", "device", "devices", "nodes", "compile")
+
+
+def from_hydra(cfg: DictConfig) -> JobSettings:
+    """The job's settings; a bad key ends the process with one line and exit code 2."""
+    from ..multirun.trial import current_trial
+    from ..ranks.layout import layout_problem
+    from ..tracking.params import job_params
+    try:
+        tc, dc = check_keys(cfg)
+        device = resolve_device(cfg.device)
+        trial = current_trial(cfg)
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
+    problem = layout_problem(cfg.devices, cfg.nodes, {"distill.batch_size": cfg.distill.batch_size,
+                                                     "teacher.batch_size": cfg.teacher.batch_size}, device)
+    if problem:
+        fail(problem)
+    overrides, cfg = hydra_overrides(), without_hydra(cfg)
+    return JobSettings(
+        teacher=tc, distill=dc, teacher_source=str(cfg.teacher.source), data=_pick(DataSettings, cfg.data),
+        eval=_pick(EvalSettings, cfg.eval, ancestral_gammas=tuple(cfg.eval.ancestral_gammas)),
+        tracking=_pick(TrackingSettings, cfg.tracking, experiment=cfg.experiment_name),
+        registry=_pick(RegistrySettings, cfg.registry), seed=cfg.seed, objective=cfg.objective, device=device,
+        devices=cfg.devices, nodes=cfg.nodes, cache_dir=Path(cfg.cache_dir), output_dir=output_dir(), key=job_key(cfg),
+        label=run_label(dc.method, tc.family["family"], dc.schedule, overrides), overrides=overrides,
+        params=job_params(cfg), resolved_yaml=resolved_yaml(cfg), trial=trial)
+
+
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """The job's own config: what a job receives (a config composed with `return_hydra_config` carries Hydra's too)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+
+
+def _pick(cls, node, **given):
+    """`cls` from the keys of a config group that it has (a group may carry more, e.g. an experiment's)."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return cls(**{**{f.name: values[f.name] for f in fields(cls) if f.name in values}, **given})
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    from ..common.redaction import redact
+    return redact(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def output_dir() -> Path:
+    """Hydra's output folder of this job (a config composed outside a run: its `hydra.run.dir`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import MissingMandatoryValue
+    hc = HydraConfig.get()
+    try:
+        return Path(hc.runtime.output_dir)
+    except MissingMandatoryValue:
+        return Path(hc.run.dir)
+
+
+def hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def job_key(cfg: DictConfig) -> str:
+    """Same command, same key: the resolved job config plus the job's place in its sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    try:
+        hc = HydraConfig.get()
+        mode = getattr(hc.mode, "name", "RUN")  # (a config composed outside a run has none)
+        text += f"|{mode}|{hc.job.num if mode == 'MULTIRUN' else ''}"
+    except ValueError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_label(method: str, family: str, schedule, overrides: list[str]) -> str:
+    """The run's name: method, family, schedule and the values this job was given on the command line
+    (a sweep's swept values), e.g. `tract vp 256-16-1 mu_s=0.9`."""
+    given = []
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep or key.split(".")[0] in NOT_IN_NAMES or key in ("distill.schedule",):
+            continue
+        try:
+            value = f"{float(value):.4g}" if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+        given.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join([method, family, "-".join(map(str, schedule)), *given])[:250]

@@ -1,0 +1,103 @@
+"""A trained teacher (`teacher.source=train`): trained once per distinct teacher config, then reused.
+
+The key is a hash of everything that determines the teacher (its training config, the network, the
+data, the seed). The first job that needs a key takes a lock, trains the teacher in an MLflow run of
+its own, and registers it in `registry.teacher_name` with the key as a tag; every later job (or a
+concurrent one waiting on the lock) loads that version instead.
+"""
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from distill_core.teacher import TeacherConfig
+
+from ..common.locks import exclusive
+from .base import Acquired
+from .reference import TeacherRef
+
+log = logging.getLogger(__name__)
+
+
+def teacher_key(tc: TeacherConfig, data_cfg: dict) -> str:
+    """The noise family is part of the key, except the sampler (a sampling choice, applied at load) and
+    the t = 0 convention (training draws t ~ U(0, 1); both are applied at load);
+    speed choices (compile, precision) are not.
+    VP keys are those from before families existed, so stores keep reusing their VP teachers."""
+    spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile", "precision", "family")
+                        and not (k == "width" and v is None)},  # (keys from before model.width stay valid)
+            "data": data_cfg}
+    family = {k: v for k, v in tc.family.items() if k not in ("sampler", "t0")}  # (training never draws t = 0)
+    if family != {"family": "vp"}:
+        spec["diffusion"] = family
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_registered(name: str, key: str):
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and tags.teacher_key = '{key}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    versions = [v for v in versions if v.tags.get("teacher_key") == key]
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+class TrainedTeacher:
+    def __init__(self, settings):
+        self.s = settings
+        self.key = teacher_key(settings.teacher, settings.data.as_dict())
+
+    def check(self) -> None:
+        """Nothing to know before the run: the teacher is found or trained in `acquire`."""
+
+    def acquire(self, data, ranks, experiment_id: str) -> Acquired:
+        s, name = self.s, self.s.registry.teacher_name
+        with exclusive(s.cache_dir / "locks" / f"teacher-{self.key}.lock"):
+            found = self.reusable(name)
+            if found is not None:
+                log.info("reusing teacher %s version %s (key %s)", name, found.version, self.key)
+                ref = TeacherRef.of(found)
+                return Acquired(ref.load(ranks.host_device, s.registry.pickle), ref)
+            return self.train(data, ranks, experiment_id)
+
+    def reusable(self, name: str):
+        """The registered version of this key, unless it is a pickle the user did not allow."""
+        from ..tracking.registry import is_pickle_only
+        found = find_registered(name, self.key)
+        if found is not None and is_pickle_only(found) and not self.s.registry.pickle:
+            log.warning("teacher %s version %s is stored only as a pickle (registered before the weights format); "
+                        "not loading it (registry.pickle=false): training a new one", name, found.version)
+            return None
+        return found
+
+    def train(self, data, ranks, experiment_id: str) -> Acquired:
+        """Train in a top-level run of the job's experiment (which every student that uses it links to, tag
+        `teacher_run_id`), register, return it."""
+        from ..ranks.tasks import teacher_task
+        from ..tracking import dataset, params, registry, signals
+        from ..tracking.reporter import RunReporter
+        s, tc = self.s, self.s.teacher
+        log.info("training teacher (key %s): %d updates of %s on %s", self.key, tc.updates, tc.preset, data.name)
+        created = MlflowClient().create_run(experiment_id, run_name=f"teacher {self.key}",
+                                            tags={"role": "teacher", "teacher_key": self.key, "family": s.family})
+        with mlflow.start_run(run_id=created.info.run_id, nested=mlflow.active_run() is not None,
+                              log_system_metrics=bool(s.tracking.system_metrics)) as run, signals.killed_on_interrupt():
+            mlflow.log_params(params.teacher_params(s.params))
+            dataset.log_dataset(data, s.data.as_dict())
+            reporter = RunReporter(mlflow.get_tracking_uri(), run.info.run_id, synchronous=not s.tracking.async_logging,
+                                   outage_limit_s=float(s.tracking.outage_limit_s))
+            try:
+                teacher = ranks.run(teacher_task, data, tc, reporter, s.cache_dir / "teachers" / self.key / "train_state.pt")
+            except Exception as e:  # the teacher's run ends FAILED with the reason (the `with` ends it)
+                mlflow.set_tag("failure", str(e))
+                raise
+            teacher.info["teacher_key"] = self.key
+            version = registry.log_and_register(teacher, "teacher", s.registry.teacher_name, {
+                "teacher_key": self.key, "role": "teacher", "dataset": data.name, "preset": tc.preset,
+                "parameterization": tc.parameterization, "family": s.family}, run.info.run_id, pickle=s.registry.pickle)
+            mlflow.flush_async_logging()
+        return Acquired(teacher, TeacherRef(s.registry.teacher_name, str(version)))

@@ -1,0 +1,1 @@
+"""The command-line tools (`python -m sweeps.<tool>`): report, promote, jumps, bench."""

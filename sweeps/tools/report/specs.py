@@ -1,0 +1,91 @@
+"""What each ablation's report is: the swept axes, how a run's params key its cell, the paper's numbers."""
+import ast
+
+# Reference numbers: DESIGN.md section 4 (CIFAR-10 FID, 50k samples; "unverified" as noted there).
+# PD Table 1: (stochastic sampler, DDIM sampler) FID of the undistilled teacher.
+PD_TABLE1 = {("both", "snr"): (2.54, 2.78), ("both", "truncated_snr"): (2.47, 2.76),
+             ("both", "snr_plus_one"): (2.52, 2.87), ("x", "snr"): (2.65, 2.75), ("x", "truncated_snr"): (2.53, 2.51),
+             ("x", "snr_plus_one"): (2.56, 2.65), ("eps", "snr"): (2.59, 2.91), ("eps", "truncated_snr"): "diverges",
+             ("eps", "snr_plus_one"): (2.56, 3.27), ("v", "snr"): (2.65, 3.05), ("v", "truncated_snr"): (2.45, 2.75),
+             ("v", "snr_plus_one"): (2.49, 2.87)}
+
+
+def n_phases(params) -> str:
+    return f"{len(ast.literal_eval(params['distill.schedule'])) - 1} phase(s)"  # list reprs: literals only, no code
+
+
+# layout: "runs" (a row per swept value, final-phase metrics), "steps" (a row per step count, over
+# the phases of every run), "teacher" (a row per cell, the teacher's base-step scores first).
+def recipe(p: dict) -> str:
+    """tract, tract_mltract (summed loss: ml-tract's recipe) or btd, from a run's params."""
+    return "tract_mltract" if p.get("distill.loss_reduction") == "sum" else p["distill.method"]
+
+
+# tract_recipe_keys: ml-tract's value of each recipe key that differs from ours (conf/mltract_key/, docs/recipes.md)
+MLTRACT = {"loss_reduction": ("distill.loss_reduction", "sum"), "lr": ("distill.lr", 2e-4),
+           "lr_schedule": ("distill.lr_schedule", "constant"), "batch_size": ("distill.batch_size", 256),
+           "mu_i": ("distill.mu_i_residual", 1e-3), "target_precision": ("distill.target_precision", "float64"),
+           "t0": ("diffusion.t0", "clipped")}
+
+
+def mltract_key(p: dict) -> str:
+    """Which of ml-tract's settings a TRACT run took over ours, from what it logged: none, one key, all."""
+    def took(name, want):
+        value = p.get(name)
+        if value is None:
+            return False
+        try:
+            return float(value) == want if isinstance(want, (int, float)) else str(value) == want
+        except ValueError:
+            return False
+    taken = [key for key, (name, want) in MLTRACT.items() if took(name, want)]
+    return "none" if not taken else "all" if len(taken) == len(MLTRACT) else "+".join(taken)
+
+
+SPECS = {
+    "tract_mu_s": dict(axes=["distill.mu_s"], key=lambda p: float(p["distill.mu_s"]),
+                       paper={0.0: 6.32, 0.5: 5.24, 0.9: 6.04, 0.99: 7.61},
+                       note="TRACT Table 3, FID at 1 step, CIFAR-10, 1024->32->1 (unverified)"),
+    "tract_mu_i": dict(axes=["distill.mu_i"], key=lambda p: float(p["distill.mu_i"]),
+                       paper={0.999: 6.91, 0.9999: 5.5, 0.99995: 5.24, 0.99999: 8.73},
+                       note="TRACT Table 4, FID at 1 step (unverified); CPU values are not the paper's"),
+    "tract_phases_total": dict(axes=["distill.schedule"], key=n_phases,
+                               paper={"1 phase(s)": 14.40, "2 phase(s)": 5.24, "3 phase(s)": 6.06,
+                                      "4 phase(s)": 7.27},
+                               note="TRACT Table 5, fixed 96M samples in all (unverified)"),
+    "tract_phases_per_phase": dict(axes=["distill.schedule"], key=n_phases, paper={},
+                                   note="TRACT, fixed length per phase: no numbers found"),
+    "btd_vs_tract": dict(axes=["distill.method"], key=lambda p: p["distill.method"],
+                         paper={"btd": 5.95, "tract": 6.8},
+                         note="binary schedule at 48M samples per phase (unverified)"),
+    "pd_updates_per_phase": dict(axes=["distill.updates_per_phase"], key=lambda p: int(p["distill.updates_per_phase"]),
+                                 paper={}, note="PD section 5.3: plot only"),
+    "pd_step_factor": dict(axes=["distill.schedule"], key=n_phases, paper={}, note="PD section 5.3: plot only"),
+    "pd_param_weighting": dict(axes=["distill.parameterization", "distill.weighting"], layout="teacher",
+                               key=lambda p: (p["distill.parameterization"], p["distill.weighting"]),
+                               paper=PD_TABLE1,
+                               note="PD Table 1, undistilled teacher, FID stochastic / DDIM sampler"),
+    "tract_vs_btd_budget": dict(axes=["recipe", "budget"], key=lambda p: (recipe(p), int(p["budget"])), paper={},
+                                extra=[("teacher gap at the student's steps", "teacher_gap")],
+                                note="TRACT section 5: 1024->32->1 (FID 5.24) beats binary BTD (5.95) at 96M "
+                                     "samples; no budget sweep published"),
+    "tract_recipe_keys": dict(axes=["ml-tract setting"], key=mltract_key, paper={}, spread=True,
+                              extra=[("teacher gap at the student's steps", "teacher_gap")],
+                              note="no paper numbers: ours (distill=tract) with one of ml-tract's settings at a time "
+                                   "(none = ours, all = distill=tract_mltract; docs/recipes.md)"),
+    "tract_teacher_family": dict(axes=["diffusion.family"], key=lambda p: p["diffusion.family"],
+                                 paper={"vp": 5.02, "edm": 3.78},
+                                 extra=[("teacher gap at the student's steps", "teacher_gap"),
+                                        ("teacher pixel FD at its base steps", "teacher_pixel_fd_base")],
+                                 note="TRACT 1-step FID, CIFAR-10: VP/DDIM teacher 5.02 at 96M samples (Table 1, "
+                                      "unverified), EDM/Heun teacher 3.78 at 256M (its EDM tables); gaps are to each "
+                                      "family's own teacher, so compare pixel FD (or FID) across rows"),
+    "pd_fid_vs_steps": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]),
+                            paper={1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57},
+                            note="PD Table 2, distilled students' FID (the DDIM / stochastic curves of Fig. 4 "
+                                 "are plot only)"),
+}
+METRICS = ("gap", "pixel_fd", "fid", "kid")
+PHASE_METRICS = ("gap", "teacher_gap", "pixel_fd", "teacher_pixel_fd", "teacher_pixel_fd_ancestral",
+                 "teacher_ancestral_gamma", "fid", "kid")
+TEACHER_METRICS = ("teacher_pixel_fd_base_ancestral", "teacher_pixel_fd_base")

@@ -1,0 +1,97 @@
+"""The core's Callback written with MLflow: what a training reports lands in its run.
+
+Calls go through an `Outbox` (`tracking.outbox`: queued by the training thread, delivered in order by
+a background thread that outlasts a server outage) or `Direct`ly. Each phase's evaluation is logged
+at the cumulative update count and under step-count keys; checkpoints with their sha256 as a tag
+(`sha256.phase1`); grids in MLflow's image view.
+"""
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from distill_core.callbacks import Callback
+
+from .metric_keys import step_count_keys
+
+
+IMAGE_UPSCALE = 2  # the grids' 8x8 digits are drawn 32 px wide; the UI's image cards show them at 64
+
+
+class Direct:
+    """The Outbox's interface, delivered at once in the calling thread (`tracking.async_logging=false`)."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.client = run_id, MlflowClient()
+
+    def metrics(self, metrics, step, model_id=None):
+        import time
+
+        from .outbox import log_batch
+        log_batch(self.client, self.run_id, [(k, float(v), int(time.time() * 1000), int(step), model_id)
+                                             for k, v in metrics.items()])
+
+    def call(self, fn, *args, **kwargs):
+        fn(self.client, *args, **kwargs)
+
+    def artifact(self, path, folder):
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def raise_if_stalled(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class RunLogger(Callback):
+    """Sends what the core reports to an MLflow run, through an `Outbox` (off the training thread) or
+    `Direct`ly. The final phase's metrics are linked to the student's logged model (`model_id`), so the
+    model's page shows them."""
+
+    def __init__(self, run_id: str, outbox=None, extra_metrics=None, logged: dict | None = None,
+                 model_id: str | None = None, final_steps: int | None = None):
+        self.run_id, self.out = run_id, outbox or Direct(run_id)
+        self.extra_metrics = extra_metrics  # fn(phase, steps, model) -> dict, e.g. FID/KID
+        self.logged = logged or {}  # metric -> last step already in the run (a resumed job skips those)
+        self.model_id, self.final_steps = model_id, final_steps
+
+    def on_metrics(self, metrics, step, model_id=None):
+        fresh = {k: float(v) for k, v in metrics.items() if step > self.logged.get(k, -1)}
+        if fresh:
+            self.out.metrics(fresh, int(step), model_id=model_id)
+
+    def on_phase_metrics(self, phase, steps, update, metrics):
+        final = self.model_id if steps == self.final_steps else None
+        self.on_metrics(step_count_keys(metrics, steps), update, model_id=final)
+        self.out.call(lambda client: client.set_tag(self.run_id, "steps", str(steps)))  # the step count reached
+
+    def on_checkpoint(self, path, sha256, name):
+        if name.startswith("phase") or name == "teacher":
+            self.out.artifact(path, "checkpoints")
+            key = "sha256." + (name if name == "teacher" else Path(path).stem.split("_")[0])  # sha256.phase1
+            self.out.call(lambda client: client.set_tag(self.run_id, key, sha256))
+        self.out.raise_if_stalled()  # a tracking outage longer than allowed stops the job here, after its checkpoint
+
+    def on_image(self, path, name, step=None):
+        self.out.artifact(path, "samples")
+        if step is not None:  # MLflow's image view: key `samples` per phase (step slider), `teacher_samples`
+            import numpy as np
+            from PIL import Image
+            image = np.asarray(Image.open(path).convert("RGB"))
+            image = image.repeat(IMAGE_UPSCALE, axis=0).repeat(IMAGE_UPSCALE, axis=1)  # nearest: crisp digits
+            key = "teacher_samples" if name.startswith("samples_teacher") else "samples"
+            self.out.call(lambda client: client.log_image(self.run_id, image, key=key, step=int(step)))
+
+    def on_phase_end(self, phase, steps, model, metrics):
+        return self.extra_metrics(phase, steps, model) if self.extra_metrics else {}
+
+    def close(self) -> None:
+        """Everything delivered (waits out an outage up to the limit, else TrackingOutage)."""
+        self.out.close()
+
+
+def logged_steps(run_id: str) -> dict:
+    """{metric: highest step already logged} of an existing run."""
+    client = MlflowClient()
+    return {key: max(m.step for m in client.get_metric_history(run_id, key))
+            for key in client.get_run(run_id).data.metrics}

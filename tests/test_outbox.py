@@ -1,0 +1,108 @@
+"""The Outbox on its own (no tracking server): calls delivered in order, consecutive metrics batched, a
+refused connection retried until the store is back, and past the limit a spill that a resumed job
+replays. Ordering and replay go to a real SQLite store; the refusals come from a stand-in client that
+refuses while it is told to be down, as a server outage does (the end-to-end outage test stops a real
+`mlflow server`)."""
+import os
+import threading
+import time
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.tracking.outbox import Outbox, TrackingOutage, replay
+
+
+class Store:
+    """Delivers to a real MLflow client and refuses connections (ConnectionRefusedError) while `down`."""
+
+    def __init__(self, client):
+        self.client, self.down, self.calls, self.refused = client, threading.Event(), [], 0
+
+    def _send(self, what, fn, *args, **kwargs):
+        if self.down.is_set():
+            self.refused += 1
+            raise ConnectionRefusedError(111, "Connection refused")
+        self.calls.append(what)
+        return fn(*args, **kwargs)
+
+    def log_batch(self, run_id, metrics=(), synchronous=True):
+        return self._send(("metrics", len(metrics)), self.client.log_batch, run_id, metrics=metrics, synchronous=True)
+
+    def set_tag(self, run_id, key, value):
+        return self._send(("tag", key), self.client.set_tag, run_id, key, value)
+
+    def log_artifact(self, run_id, path, folder):
+        return self._send(("artifact", folder), self.client.log_artifact, run_id, path, folder)
+
+
+@pytest.fixture
+def run(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("outbox", (tmp_path / "art").as_uri())).info.run_id
+    yield client, run_id
+    mlflow.set_tracking_uri(None)
+
+
+def test_calls_arrive_in_order_and_consecutive_metrics_go_as_one_batch(run, tmp_path):
+    client, run_id = run
+    store = Store(client)
+    store.down.set()  # hold delivery back until everything is queued, so the batching is deterministic
+    box = Outbox(run_id, retry_s=0.05, client=store)
+    for step in range(1, 4):
+        box.metrics({"loss": 1.0 / step, "lr": 0.1}, step)
+    box.call(lambda c: c.set_tag(run_id, "steps", "2"))
+    (tmp_path / "ckpt.pt").write_bytes(b"first")
+    box.artifact(tmp_path / "ckpt.pt", "checkpoints")
+    (tmp_path / "new.pt").write_bytes(b"rewritten")
+    os.replace(tmp_path / "new.pt", tmp_path / "ckpt.pt")  # rewritten as checkpoints are (atomically): queued as it was
+    box.metrics({"loss": 0.1}, 4)
+    store.down.clear()
+    box.close()
+    assert store.calls == [("metrics", 6), ("tag", "steps"), ("artifact", "checkpoints"), ("metrics", 1)]
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
+    assert client.get_run(run_id).data.tags["steps"] == "2"
+    local = client.download_artifacts(run_id, "checkpoints/ckpt.pt", str(tmp_path / "down"))
+    assert open(local, "rb").read() == b"first"
+
+
+def test_a_refused_connection_is_retried_until_the_store_answers_and_nothing_is_lost(run):
+    client, run_id = run
+    store = Store(client)
+    box = Outbox(run_id, outage_limit_s=60, retry_s=0.05, client=store)
+    store.down.set()
+    for step in range(1, 51):
+        box.metrics({"loss": float(step)}, step)
+        assert box.stalled() < 60
+    deadline = time.time() + 10
+    while store.refused < 3 and time.time() < deadline:
+        time.sleep(0.02)
+    assert store.refused >= 3 and box.stalled() > 0, "the outbox keeps retrying while the store is away"
+    box.raise_if_stalled()  # within the limit: training goes on
+    store.down.clear()
+    box.close()
+    assert box.stalled() == 0 and box.outages and box.outages[-1][1] is not None
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(1, 51))
+
+
+def test_past_the_limit_the_job_stops_and_a_resumed_job_replays_what_was_kept(run, tmp_path):
+    client, run_id = run
+    store = Store(client)
+    box = Outbox(run_id, outage_limit_s=0.2, retry_s=0.05, client=store)
+    box.metrics({"loss": 1.0}, 1)
+    box.drain(timeout=10)
+    store.down.set()
+    for step in range(2, 6):
+        box.metrics({"loss": float(step)}, step)
+    time.sleep(0.4)
+    with pytest.raises(TrackingOutage, match="has not answered for"):
+        box.raise_if_stalled()
+    with pytest.raises(TrackingOutage):
+        box.close()
+    spill = tmp_path / "undelivered_metrics.jsonl"
+    assert box.spill(spill) == 4 and len(spill.read_text().splitlines()) == 4
+    assert replay(spill, run_id) == 4 and not spill.exists()
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4, 5]
+    assert replay(spill, run_id) == 0, "nothing twice"
