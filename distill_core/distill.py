@@ -22,7 +22,7 @@ import torch
 
 from . import rng
 from .callbacks import Callback
-from .checkpoint import load_checked, save_atomic
+from .checkpoint import CheckpointError, load_checked, save_atomic
 from .data import TensorData
 from .diffusion import DiffusionModel
 from .ema import EMA
@@ -212,6 +212,20 @@ class Distiller:
         rng.restore(state["rng"], self.generator)
         self.results = [PhaseResult(**r) for r in state["results"]]
 
+    def resume_from_newest(self) -> bool:
+        """Load the newest readable checkpoint: `distill_latest.pt`, else the last phase file (a truncated
+        or damaged file is passed over with a warning naming it); False when there is none."""
+        phases = sorted(self.workdir.glob("phase*_*steps.pt"), key=lambda p: int(p.name[5:].split("_")[0]))
+        for path in [self.checkpoint_path, *reversed(phases)]:
+            if not path.is_file():
+                continue
+            try:
+                self.load(path)
+                return True
+            except CheckpointError as e:
+                log.warning("%s; resuming from an earlier checkpoint", e)
+        return False
+
     # --- one batch ---
     def loss(self, teacher_steps: int, student_steps: int) -> torch.Tensor:
         cfg, g, dev, family, base = self.cfg, self.generator, self.device, self.family, self.cfg.schedule[0]
@@ -250,9 +264,8 @@ class Distiller:
     # --- the job ---
     def run(self, resume: bool = True) -> DistillResult:
         cfg = self.cfg
-        resumed = resume and self.checkpoint_path.exists()
+        resumed = resume and self.resume_from_newest()
         if resumed:
-            self.load(self.checkpoint_path)
             log.info("resuming distillation at phase %d, update %d", self.phase + 1, self.step)
         schedule = list(cfg.schedule)
         # the evaluation's reference: rank 0 evaluates, the other ranks only train

@@ -7,6 +7,7 @@ bias-corrected EMA of the weights, which is the teacher that is returned. Determ
 CPU for a given seed; resumable from its checkpoint. Under data parallelism (`placement`) every
 rank draws the global batch and trains on its slice; rank 0 reports and checkpoints.
 """
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ import torch
 
 from . import rng
 from .callbacks import Callback
-from .checkpoint import load_checked, save_atomic
+from .checkpoint import CheckpointError, load_checked, save_atomic
 from .data import TensorData
 from .diffusion import DiffusionModel
 from .ema import EMA
@@ -54,6 +55,17 @@ def denoising_loss(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, eps:
     return family.loss(weighting, t, model.x_hat(family.noise(x, t, eps), t), x)
 
 
+def resume_state(checkpoint_path, device):
+    """The training state to resume from, or None (none yet, or a damaged file: a warning, then from scratch)."""
+    if checkpoint_path is None or not Path(checkpoint_path).exists():
+        return None
+    try:
+        return load_checked(checkpoint_path, map_location=device)
+    except CheckpointError as e:
+        logging.getLogger(__name__).warning("%s; training the teacher from the start", e)
+        return None
+
+
 def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callback] = None,
                   checkpoint_path: Optional[Path] = None, device: str = "cpu", progress: bool = True,
                   placement=None) -> DiffusionModel:
@@ -72,8 +84,8 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  fused=str(device).startswith("cuda"))
     start = 0
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checked(checkpoint_path, map_location=device)
+    state = resume_state(checkpoint_path, device)
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])

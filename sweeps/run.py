@@ -53,4 +53,9 @@ if __name__ == "__main__":
         from sweeps.common.errors import fail
         fail(problem)
     register_sweeper()
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs already ended KILLED (tracking.signals)
+        print("stopped by Ctrl-C or SIGTERM: its runs ended KILLED; run the same command again to resume",
+              file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -84,3 +84,24 @@ def test_update_counts_per_phase(setup, tmp_path):
     assert uneven.ema_i.momentum == pytest.approx(0.01 ** (1 / 40))
     with pytest.raises(ValueError, match=r"distill.updates_per_phase must be a positive integer or a list of 2"):
         Distiller(teacher, toy, DistillConfig(updates_per_phase=[20], **base), tmp_path / "d")
+
+
+def test_a_truncated_latest_checkpoint_resumes_from_the_last_phase_file(setup, tmp_path, caplog):
+    """A kill while `distill_latest.pt` was being replaced (or a full disk) leaves it truncated: the job goes
+    back to the last good phase file, with a warning naming the damaged one, and ends with the same weights."""
+    toy, teacher = setup
+    cfg = DistillConfig(method="tract", schedule=[16, 4, 1], updates_per_phase=40, batch_size=64, lr=1e-3,
+                        mu_i=0.9, checkpoint_every=20, log_every=10)
+    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    twin = Distiller(teacher, toy, cfg, tmp_path / "twin", progress=False, eval_noise=noise).run()
+    with pytest.raises(Crash):
+        Distiller(teacher, toy, cfg, tmp_path / "job", callback=CrashAt(40 + 30), progress=False, eval_noise=noise).run()
+    latest = tmp_path / "job" / "distill_latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    recorder = RecordingCallback()
+    with caplog.at_level("WARNING", logger="distill_core.distill"):
+        result = Distiller(teacher, toy, cfg, tmp_path / "job", callback=recorder, progress=False, eval_noise=noise).run()
+    assert f"checkpoint {latest} is corrupt" in caplog.text and "resuming from an earlier checkpoint" in caplog.text
+    assert min(step for step, m in recorder.metrics if "distill/loss" in m) == 40 + 10, "phase two redone from its start"
+    for a, b in zip(result.model.parameters(), twin.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -6,7 +6,8 @@
 - out of GPU memory: FAILED, with one line naming the batch key, the model and the device;
 - a tracking store away past `tracking.outage_limit_s`: the run stays as it is in the store, one line,
   exit 3; the same command resumes it;
-- a reused or resumed teacher that fails its checks (tampered weights): FAILED, one line, exit 2.
+- a reused or resumed teacher that fails its checks (tampered weights), a checkpoint that cannot be read
+  (the core already falls back to the last readable one): FAILED, one line, exit 2.
 The error goes on to the sweeper (a failed trial), except where the process exits.
 """
 import logging
@@ -27,6 +28,7 @@ class OutOfMemory(RuntimeError):
 def endings(s, run):
     import torch
 
+    from distill_core.checkpoint import CheckpointError
     from distill_core.loop import DivergenceError
 
     from ..ranks.launch import WorkerError
@@ -43,7 +45,7 @@ def endings(s, run):
         failed(run, OutOfMemory(out_of_memory_line(s, run)), resumable=False)
     except TrackingOutage as e:
         stop_for_outage(s, run, e)
-    except (RegistryError, TeacherError) as e:
+    except (RegistryError, TeacherError, CheckpointError) as e:
         failed(run, e, resumable=False, line=True)
 
 

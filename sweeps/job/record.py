@@ -8,13 +8,21 @@ import json
 import os
 from pathlib import Path
 
+from ..common.errors import fail
+
 
 class JobRecord:
     def __init__(self, directory: Path, output: Path):
         self.dir, self.output = Path(directory), Path(output)
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / "job.json"
-        self.state = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            self.state = json.loads(path.read_text()) if path.is_file() else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            fail(f"{path.resolve()} is damaged ({type(e).__name__}: {str(e)[:80]}); the job's run and teacher cannot "
+                 f"be read from it: delete {self.dir.resolve()} to start this job afresh (its MLflow run stays in the store)")
+        if not isinstance(self.state, dict):
+            fail(f"{path.resolve()} is not a job record; delete {self.dir.resolve()} to start this job afresh")
 
     def get(self, key):
         return self.state.get(key)

@@ -27,12 +27,13 @@ def stages(s, ranks) -> float:
     from .endings import endings
     from .finish import finish
     from .inputs import check_inputs
+    from .ownership import owned
     from .pruned import record_pruned
     from .register import register
     from .student_run import student_run
     from .teacher import acquire_teacher
     inputs = check_inputs(s)  # one line and exit 2 on bad input; nothing exists yet
-    with student_run(s, inputs) as run:  # fresh, or the job's own run resumed
+    with owned(s, inputs.experiment_id), student_run(s, inputs) as run:  # one live owner; fresh, or resumed
         with endings(s, run):  # divergence, a failed rank, out of memory, a tracking outage, a bad teacher
             teacher = acquire_teacher(s, run, inputs, ranks)
             result = distil(s, run, teacher.model, inputs.data, ranks)

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     given = {"steps": None if args.steps is None else str(args.steps), TAG: args.teacher, "dataset": args.dataset}
     chosen = comparable_class(versions, metric, given, previous, args.maximize)
     pool = [v for v in versions if all(v.tags.get(t) == chosen[t] for t in chosen)]
-    best = best_version(pool, metric, args.maximize)
+    best = intact_best(pool, metric, args.maximize)
     described = ", ".join(f"{t}={chosen[t]}" for _, t in CLASS_KEYS if t in chosen)
     if best is None:
         fail(f"no version of {args.model} with {described} has {metric} (use --steps, --teacher, --dataset "
@@ -91,6 +91,23 @@ def main(argv=None) -> int:
     print(f"ranked {ranked} version(s) by {metric} with {described}" + (f"; {left_out} not comparable left out" if left_out else ""))
     move_alias(client, args.model, args.alias, best, previous, metric)
     return 0
+
+
+def intact_best(pool: list, metric: str, maximize: bool):
+    """The best version whose weights match their recorded sha256; a tampered one is left out, with a line."""
+    import sys
+
+    from ..tracking.registry import RegistryError, verify
+    while True:
+        best = best_version(pool, metric, maximize)
+        if best is None:
+            return None
+        try:
+            verify(best)
+            return best
+        except RegistryError as e:
+            print(f"left out: {e}", file=sys.stderr, flush=True)
+            pool = [v for v in pool if v.version != best.version]
 
 
 def registered_versions(client, model: str) -> list:

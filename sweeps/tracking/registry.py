@@ -157,21 +157,35 @@ def load(uri: str, device: str = "cpu", allow_pickle: bool = False):
             raise RegistryError(f"{uri} (version {version.version}) is stored only as a pickle, and loading it "
                                 f"runs code from the store; set registry.pickle=true if you trust every writer of it")
         return mlflow.pytorch.load_model(f"models:/{version.name}/{version.version}", map_location=device)
-    location = model_location(version)
     with tempfile.TemporaryDirectory() as tmp:
-        for sub in ("artifacts", "extra_files"):  # pyfunc artifacts, or the pickle flavour's extra files
-            try:
-                path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{sub}/{WEIGHTS}", dst_path=tmp)
-                break
-            except Exception:  # not in this layout
-                continue
-        else:
-            raise RegistryError(f"{uri} (version {version.version}): no {WEIGHTS} in the model's artifacts")
+        path = download_weights(uri, version, tmp)
         try:
             state = load_checked(path, map_location=device, expected_sha256=version.tags["weights_sha256"])
         except CheckpointError as e:
             raise RegistryError(f"{uri} (version {version.version}): {e}") from None
     return DiffusionModel.from_state(state).to(device)
+
+
+def verify(version) -> None:
+    """RegistryError (one line naming the version) unless its weights match their recorded sha256."""
+    from distill_core.checkpoint import sha256
+    uri = f"models:/{version.name}/{version.version}"
+    if is_pickle_only(version):
+        raise RegistryError(f"{uri}: stored only as a pickle, with no recorded sha256 to check")
+    with tempfile.TemporaryDirectory() as tmp:
+        if sha256(download_weights(uri, version, tmp)) != version.tags["weights_sha256"]:
+            raise RegistryError(f"{uri}: its weights do not match their recorded sha256 (tampered or truncated)")
+
+
+def download_weights(uri: str, version, folder) -> str:
+    """The version's weights file, downloaded into `folder`."""
+    location = model_location(version)
+    for sub in ("artifacts", "extra_files"):  # pyfunc artifacts, or the pickle flavour's extra files
+        try:
+            return mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{sub}/{WEIGHTS}", dst_path=folder)
+        except Exception:  # noqa: BLE001 (not in this layout)
+            continue
+    raise RegistryError(f"{uri} (version {version.version}): no {WEIGHTS} in the model's artifacts")
 
 
 def abandon_model(model_id) -> None:

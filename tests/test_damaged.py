@@ -1,0 +1,86 @@
+"""Damaged and interrupted jobs answer in one line (issue: one job, one owner): a garbage job.json names
+itself and what to do, promote never gives an alias to tampered weights, SIGTERM ends a job with one line."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps import registry
+
+pytestmark = pytest.mark.slow
+
+JOB = ["+debug=tiny", "model.width=8", "tracking.system_metrics=false", "hydra.run.dir=outputs/job"]
+
+
+def run_cli(module, args, cwd, **kwargs):
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A tiny job run to its end."""
+    folder = tmp_path_factory.mktemp("damaged")
+    proc = run_cli("sweeps.run", JOB, folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
+def one_error(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return errors[0]
+
+
+def test_a_garbage_job_record_is_one_line_naming_it(finished):
+    (record,) = list(finished.glob(".distill-sweeps/jobs/*/job.json"))
+    record.write_text('{"run_id": "abc", "stat')
+    proc = run_cli("sweeps.run", JOB, finished)
+    assert proc.returncode == 2
+    line = one_error(proc.stderr)
+    assert f"{record} is damaged" in line and f"delete {record.parent} to start this job afresh" in line
+
+
+def test_promote_never_gives_the_alias_to_tampered_weights(finished):
+    mlflow.set_tracking_uri(f"sqlite:///{finished}/mlflow.db")
+    (version,) = MlflowClient().search_model_versions("name = 'distill-students'")
+    weights = Path(unquote(urlparse(registry.model_location(version)).path)) / "artifacts" / "weights.pt"
+    weights.write_bytes(os.urandom(1024))
+    proc = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "gap"], finished)
+    assert proc.returncode == 2, proc.stdout
+    assert f"left out: models:/distill-students/{version.version}: its weights do not match their recorded sha256" \
+        in proc.stderr
+    assert "no version of distill-students" in one_error(proc.stderr)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        MlflowClient().get_model_version_by_alias("distill-students", "champion")
+
+
+def test_sigterm_ends_a_job_with_one_line_and_its_run_killed(finished):
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{finished}/mlflow.db"}
+    before = set(finished.glob(".distill-sweeps/jobs/*"))
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", *JOB[:-1], "distill.updates_per_phase=5000",
+                             "hydra.run.dir=outputs/long"], cwd=finished, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [p for p in finished.glob(".distill-sweeps/jobs/*/distill_latest.pt")
+                                           if p.parent not in before]:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("stopped by Ctrl-C or SIGTERM: its runs ended KILLED; "
+                                            "run the same command again to resume")
+    mlflow.set_tracking_uri(f"sqlite:///{finished}/mlflow.db")
+    killed = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+              if r.data.params.get("distill.updates_per_phase") == "5000"]
+    assert [r.info.status for r in killed] == ["KILLED"]
