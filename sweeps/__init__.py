@@ -2,10 +2,10 @@
 
 Rooms (sub-packages), from the bottom up; each calls only the ones above it in this list:
   common/    the bad-input rule (one line, exit 2), locks, secrets kept out of what is written
-  settings/  the Hydra config turned into typed settings once, every key checked
   tracking/  MLflow: store and users, params, metric keys, the core's callback, outbox, registry, descriptions
   ranks/     launching a job's trainings on its ranks (one process, elastic workers, cluster tasks)
   multirun/  a multirun's parent run, our Optuna sweeper, each job's trial and pruning
+  settings/  the Hydra config turned into typed settings once, every key checked
   teachers/  teacher sources (trained and reused by key, registered), behind one interface
   job/       one job as named stages: inputs -> the student's run -> teacher -> distil -> register -> finish
   tools/     the command-line tools: report, promote, jumps, bench

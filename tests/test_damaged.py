@@ -84,3 +84,28 @@ def test_sigterm_ends_a_job_with_one_line_and_its_run_killed(finished):
     killed = [r for r in mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
               if r.data.params.get("distill.updates_per_phase") == "5000"]
     assert [r.info.status for r in killed] == ["KILLED"]
+
+
+def test_a_teacher_killed_mid_training_is_continued_in_its_own_run(tmp_path):
+    """SIGKILL during teacher training: the next command ends nothing RUNNING behind it; it continues that
+    teacher run from the teacher's checkpoint (one teacher run, every loss step at most once)."""
+    command = [*JOB[:-1], "teacher.updates=200", "teacher.checkpoint_every=50", "hydra.run.dir=outputs/teacher"]
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", *command], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(tmp_path.glob(".distill-sweeps/teachers/*/train_state.pt")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = run_cli("sweeps.run", command, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "continuing teacher run" in rerun.stdout + rerun.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["distill-sweeps"], output_format="list")
+    (teacher,) = [r for r in runs if r.data.tags.get("role") == "teacher"]
+    assert teacher.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in runs)
+    steps = [m.step for m in MlflowClient().get_metric_history(teacher.info.run_id, "teacher/loss")]
+    assert len(steps) == len(set(steps)) and {75, 100, 150, 200} <= set(steps), sorted(steps)

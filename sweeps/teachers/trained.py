@@ -76,19 +76,21 @@ class TrainedTeacher:
 
     def train(self, data, ranks, experiment_id: str) -> Acquired:
         """Train in a top-level run of the job's experiment (which every student that uses it links to, tag
-        `teacher_run_id`), register, return it."""
+        `teacher_run_id`), register, return it. A run of this key left RUNNING or KILLED by a process that
+        died (the lock is ours, so none is alive) is continued, from the teacher's last checkpoint."""
         from ..ranks.tasks import teacher_task
         from ..tracking import dataset, params, registry, signals
         from ..tracking.reporter import RunReporter
+        from ..tracking.run_logger import logged_steps
         s, tc = self.s, self.s.teacher
-        log.info("training teacher (key %s): %d updates of %s on %s", self.key, tc.updates, tc.preset, data.name)
-        created = MlflowClient().create_run(experiment_id, run_name=f"teacher {self.key}",
-                                            tags={"role": "teacher", "teacher_key": self.key, "family": s.family})
-        with mlflow.start_run(run_id=created.info.run_id, nested=mlflow.active_run() is not None,
+        run_id, resumed = self.teacher_run(experiment_id)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
                               log_system_metrics=bool(s.tracking.system_metrics)) as run, signals.killed_on_interrupt():
-            mlflow.log_params(params.teacher_params(s.params))
-            dataset.log_dataset(data, s.data.as_dict())
-            reporter = RunReporter(mlflow.get_tracking_uri(), run.info.run_id, synchronous=not s.tracking.async_logging,
+            if not resumed:
+                mlflow.log_params(params.teacher_params(s.params))
+                dataset.log_dataset(data, s.data.as_dict())
+            reporter = RunReporter(mlflow.get_tracking_uri(), run_id, synchronous=not s.tracking.async_logging,
+                                   logged=logged_steps(run_id) if resumed else None,
                                    outage_limit_s=float(s.tracking.outage_limit_s))
             try:
                 teacher = ranks.run(teacher_task, data, tc, reporter, s.cache_dir / "teachers" / self.key / "train_state.pt")
@@ -101,3 +103,17 @@ class TrainedTeacher:
                 "parameterization": tc.parameterization, "family": s.family}, run.info.run_id, pickle=s.registry.pickle)
             mlflow.flush_async_logging()
         return Acquired(teacher, TeacherRef(s.registry.teacher_name, str(version)))
+
+    def teacher_run(self, experiment_id: str) -> tuple[str, bool]:
+        """(run id, resumed): this key's interrupted teacher run, else a new one."""
+        client, tc = MlflowClient(), self.s.teacher
+        interrupted = [r for status in ("RUNNING", "KILLED") for r in client.search_runs(
+            [experiment_id], f"tags.teacher_key = '{self.key}' and attributes.status = '{status}'", max_results=1)]
+        if interrupted:
+            log.info("continuing teacher run %s (key %s), whose process ended before it finished",
+                     interrupted[0].info.run_id, self.key)
+            return interrupted[0].info.run_id, True
+        log.info("training teacher (key %s): %d updates of %s on %s", self.key, tc.updates, tc.preset, self.s.data.name)
+        created = client.create_run(experiment_id, run_name=f"teacher {self.key}",
+                                    tags={"role": "teacher", "teacher_key": self.key, "family": self.s.family})
+        return created.info.run_id, False
