@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps import registry
+from sweeps import promote, registry
 
 pytestmark = pytest.mark.slow
 
@@ -50,16 +50,17 @@ def test_a_garbage_job_record_is_one_line_naming_it(finished):
     assert f"{record} is damaged" in line and f"delete {record.parent} to start this job afresh" in line
 
 
-def test_promote_never_gives_the_alias_to_tampered_weights(finished):
+def test_promote_never_gives_the_alias_to_tampered_weights(finished, capsys):
     mlflow.set_tracking_uri(f"sqlite:///{finished}/mlflow.db")
     (version,) = MlflowClient().search_model_versions("name = 'distill-students'")
     weights = Path(unquote(urlparse(registry.model_location(version)).path)) / "artifacts" / "weights.pt"
     weights.write_bytes(os.urandom(1024))
-    proc = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "gap"], finished)
-    assert proc.returncode == 2, proc.stdout
-    assert f"left out: models:/distill-students/{version.version}: its weights do not match their recorded sha256" \
-        in proc.stderr
-    assert "no version of distill-students" in one_error(proc.stderr)
+    capsys.readouterr()
+    assert promote.main(["--model", "distill-students", "--metric", "gap", "--tracking-uri",
+                         f"sqlite:///{finished}/mlflow.db"]) == 2
+    err = capsys.readouterr().err
+    assert f"left out: models:/distill-students/{version.version}: its weights do not match their recorded sha256" in err
+    assert "no version of distill-students" in one_error(err)
     with pytest.raises(mlflow.exceptions.MlflowException):
         MlflowClient().get_model_version_by_alias("distill-students", "champion")
 

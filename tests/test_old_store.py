@@ -13,7 +13,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps import registry
+from sweeps import jumps, promote, registry, report
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def run_cli(module: str, args: list, cwd: Path):
                           timeout=600)
 
 
-def test_a_store_of_the_flat_layout_resumes_reuses_promotes_and_reports(tmp_path):
+def test_a_store_of_the_flat_layout_resumes_reuses_promotes_and_reports(tmp_path, capsys):
     unpack(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     client = MlflowClient()
@@ -65,14 +65,13 @@ def test_a_store_of_the_flat_layout_resumes_reuses_promotes_and_reports(tmp_path
     versions = client.search_model_versions("name = 'distill-students'")
     assert len(versions) == 3 and {v.tags["teacher_version"] for v in versions} == {"distill-teachers/1"}
     assert next(v for v in versions if v.run_id == run.info.run_id).tags["steps"] == "1"
-    promoted = run_cli("sweeps.promote", ["--model", "distill-students", "--metric", "gap"], tmp_path)
-    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    uri = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]  # (the tools in this process: their `main`)
+    assert promote.main(["--model", "distill-students", "--metric", "gap", *uri]) == 0
     champion = client.get_model_version_by_alias("distill-students", "champion")
     assert float(champion.tags["gap"]) == min(float(v.tags["gap"]) for v in versions)
     assert registry.load("models:/distill-students@champion").info["steps"] == 1
-    reported = run_cli("sweeps.report", ["tract_mu_s", "--no-mlflow-run", "--out", str(tmp_path / "reports")], tmp_path)
-    assert reported.returncode == 0, reported.stderr[-2000:]
-    rows = {line.split("|")[1].strip(): line for line in reported.stdout.splitlines() if line.startswith("| 0.")}
+    capsys.readouterr()
+    assert report.main(["tract_mu_s", "--no-mlflow-run", "--out", str(tmp_path / "reports"), *uri]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.")}
     assert {"0.5", "0.7", "0.9"} <= set(rows) and all("missing" not in rows[k].split("|")[3] for k in ("0.5", "0.9"))
-    jumped = run_cli("sweeps.jumps", [run.info.run_id], tmp_path)
-    assert jumped.returncode == 0 and "## phase 3: 2 -> 1 steps" in jumped.stdout, jumped.stderr[-2000:]
+    assert jumps.main([run.info.run_id, *uri]) == 0 and "## phase 3: 2 -> 1 steps" in capsys.readouterr().out
