@@ -1,7 +1,10 @@
 """A store written by the flat `sweeps/` layout (commit 854ecac, before the application was split into
 rooms) is read by this one: its killed job resumes in the same run, its teacher is reused, promote,
 report and jumps work on it. The store was made by that commit's own code
-(`tests/data/make_old_layout_store.py`), not by hand; the test moves its paths to where it unpacks it."""
+(`tests/data/make_old_layout_store.py`), not by hand; the test moves its paths to where it unpacks it.
+A job's key is its resolved config: a change that adds or renames a config key changes every job's key, so
+this test then says so (the killed job is not resumed): decide whether in-flight jobs may restart, and
+remake the store with the commit before the change."""
 import os
 import sqlite3
 import subprocess
