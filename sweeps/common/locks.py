@@ -14,12 +14,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+class Held(RuntimeError):
+    """`exclusive(path, wait=False)`: another live process holds the lock."""
+
+
 @contextlib.contextmanager
-def exclusive(target, name: str = ""):
-    """Hold `target` (a file path, or a database URL with a lock `name`) for the `with` block."""
+def exclusive(target, name: str = "", wait: bool = True):
+    """Hold `target` (a file path, or a database URL with a lock `name`) for the `with` block; a path with
+    `wait=False` raises `Held` at once when another process holds it."""
     text = str(target)
     if "://" not in text:
-        with _file(Path(text)):
+        with _file(Path(text), wait):
             yield
         return
     from sqlalchemy.engine import make_url
@@ -37,11 +42,18 @@ def exclusive(target, name: str = ""):
 
 
 @contextlib.contextmanager
-def _file(path: Path):
-    from filelock import FileLock
+def _file(path: Path, wait: bool = True):
+    from filelock import FileLock, Timeout
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path)):
+    lock = FileLock(str(path), timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise Held(str(path)) from None
+    try:
         yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager

@@ -19,14 +19,13 @@ from ..common.errors import fail
 @contextmanager
 def owned(s, experiment_id: str):
     """Hold the job's lock (cache_dir/locks/job-KEY.lock) for the `with` block; another live owner: exit 2."""
-    from filelock import FileLock, Timeout
+    from ..common.locks import Held, exclusive
     lock = s.cache_dir / "locks" / f"job-{s.key}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
     owner = lock.with_name(f"job-{s.key}.owner.json")
-    held = FileLock(str(lock), timeout=0)
     try:
-        held.acquire()
-    except Timeout:
+        held = exclusive(lock, wait=False)
+        held.__enter__()
+    except Held:
         fail(busy_line(s, owner, experiment_id))
     try:
         owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -34,7 +33,7 @@ def owned(s, experiment_id: str):
         yield
     finally:
         owner.unlink(missing_ok=True)
-        held.release()
+        held.__exit__(None, None, None)
 
 
 def busy_line(s, owner, experiment_id: str) -> str:
