@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "toy2d")
+SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "toy2d": (2,)}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

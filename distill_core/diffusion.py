@@ -117,7 +117,7 @@ class DiffusionModel(nn.Module):
         self.eval()
         try:
             noise = noise.to(self._device())
-            return run(lambda z, t, s: self.step(z, t, s, clip), self.family.prior(noise),
+            return run(lambda z, t, s: self.family.sample_step(self, z, t, s, clip), self.family.prior(noise),
                        self.family.sampling_times(steps, noise.device), self.denoiser(clip))
         finally:
             self.train(was_training)

@@ -59,6 +59,7 @@ class DistillConfig:
     inject_nan_at: Optional[int] = None  # testing knob: make the loss NaN at this global update
     compile: bool = False  # torch.compile the network calls (see DiffusionModel.use_fast_paths)
     precision: str = "bf16"  # the networks' precision on CUDA (bf16 autocast or fp32); targets stay float32
+    parameterization: Optional[str] = None  # the student's output (None: the teacher's; e.g. an eps teacher's v student)
 
 
 CHOICES = {"lr_schedule": ("linear", "constant"), "loss_reduction": ("mean", "sum"), "ema_reset": ("none", "phase"),
@@ -169,6 +170,8 @@ class Distiller:
     def _new_student(self, source: DiffusionModel) -> DiffusionModel:
         student = copy.deepcopy(source).train().requires_grad_(True)
         student.family = source.family.for_student(self.cfg.schedule[0])  # samples with the student's jump
+        if self.cfg.parameterization not in (None, student.family.parameterization):  # same weights, new reading
+            student.family = student.family.replace(parameterization=self.cfg.parameterization)
         set_dropout(student, 0.0)
         return student
 

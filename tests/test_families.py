@@ -125,7 +125,7 @@ def test_models_saved_before_families_load_as_vp(tmp_path):
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"family": "ve"}, "diffusion.family must be one of vp, edm; got 've'"),
+    ({"family": "ve"}, "diffusion.family must be one of vp, edm, ddpm; got 've'"),
     ({"family": "edm", "sigma_min": 0.0}, "0 < sigma_min < sigma_max"),
     ({"family": "edm", "sigma_min": 90.0}, "0 < sigma_min < sigma_max"),
     ({"family": "edm", "rho": -1.0}, "diffusion.rho must be > 0"),

@@ -354,7 +354,7 @@ BAD_INPUTS = [
     ("eval.ancestral_gammas=[0.5,2]", "eval.ancestral_gammas must be a non-empty list of numbers in [0, 1]"),
     ("compile=maybe", "compile must be one of False, True; got 'maybe'"),
     ("tracking.uri=http://127.0.0.1:9", "tracking.uri=http://127.0.0.1:9: the tracking store does not answer"),
-    ("diffusion.family=ve", "diffusion.family must be one of vp, edm; got 've'"),
+    ("diffusion.family=ve", "diffusion.family must be one of vp, edm, ddpm; got 've'"),
     ("diffusion=edm diffusion.sigma_min=100", "diffusion.sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max"),
     ("diffusion=edm diffusion.sigma_min=0", "0 < sigma_min < sigma_max; got sigma_min=0"),
     ("diffusion=edm diffusion.rho=0", "diffusion.rho must be > 0; got 0"),

@@ -1,13 +1,15 @@
-"""Noise families (DESIGN 2, "Two axes, one runner"): `vp` (the papers' cosine VP process) and
-`edm` (the variance-exploding EDM process). Teacher training, both distillation methods, the
+"""Noise families (DESIGN 2, "Two axes, one runner"): `vp` (the papers' cosine VP process),
+`edm` (the variance-exploding EDM process) and `ddpm` (a diffusers teacher's discrete table). Teacher training, both distillation methods, the
 samplers, the evaluations and the registered models are written against `NoiseFamily`; a new
 family is one new module here plus its entry in FAMILIES.
 """
 from .base import Denoiser, NoiseFamily
+from .ddpm import DDPM
+from .ddpm import PARAMETERIZATIONS as DDPM_PARAMETERIZATIONS
 from .edm import EDM
 from .vp import VP
 
-FAMILIES = {"vp": VP, "edm": EDM}
+FAMILIES = {"vp": VP, "edm": EDM, "ddpm": DDPM}
 
 
 def build(config=None) -> NoiseFamily:
@@ -31,4 +33,4 @@ def legacy_config(model_config: dict) -> dict:
             **{k: model_config[k] for k in ("logsnr_min", "logsnr_max") if k in model_config}}
 
 
-__all__ = ["Denoiser", "NoiseFamily", "VP", "EDM", "FAMILIES", "build", "legacy_config"]
+__all__ = ["Denoiser", "NoiseFamily", "VP", "EDM", "DDPM", "DDPM_PARAMETERIZATIONS", "FAMILIES", "build", "legacy_config"]

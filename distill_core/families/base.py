@@ -101,6 +101,11 @@ class NoiseFamily:
         """The step this family's models sample with (and teach with): DDIM unless a family says otherwise."""
         return self.ddim_step(denoise, z, t, s)
 
+    def sample_step(self, model, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip: bool) -> torch.Tensor:
+        """The step `model` (a DiffusionModel of this family) samples with: its own step (`model.step`, which the
+        distillation targets are also built from) unless a family samples as a reference library does."""
+        return model.step(z, t, s, clip)
+
     def ancestral_step(self, x_hat: torch.Tensor, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, gamma: float,
                        generator: Optional[torch.Generator]) -> torch.Tensor:
         """PD's stochastic step: z_s ~ N(mu(z_t, x_hat), (var_small)^(1 - gamma) (var_large)^gamma);

@@ -1,6 +1,22 @@
-"""Networks and their presets. `build_network(preset, ...)` is the one entry point."""
+"""Networks and their presets. `build_network(preset, ...)` is the one entry point.
+
+`unet_*` are the papers' hand-written U-Net (log-SNR input); `ddpm_*` are diffusers' `UNet2DModel`
+(timestep input, `diffusion=ddpm`), which export as diffusers pipelines; `diffusers` is a loaded
+diffusers teacher's own network (its config in `unet`).
+"""
 from .mlp import MLP
 from .unet import UNet
+
+
+def _ddpm_unet(channels, attention, layers, size, groups=32) -> dict:
+    """A `UNet2DModel` config: `attention[i]` puts self-attention in block i (down and mirrored up)."""
+    down = ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention]
+    up = ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)]
+    return dict(sample_size=size, block_out_channels=list(channels), down_block_types=down, up_block_types=up,
+                layers_per_block=layers, norm_num_groups=groups, act_fn="silu", attention_head_dim=None,
+                center_input_sample=False, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
+                mid_block_scale_factor=1, norm_eps=1e-6, time_embedding_type="positional")
+
 
 PRESETS = {
     # The papers' CIFAR-10 teacher (PD configs/cifar_base.py; algorithms.md 1.6).
@@ -12,6 +28,14 @@ PRESETS = {
     # 8x8 digits on a CPU: ~0.27M parameters, ~0.13 s per batch-128 update on 2 cores.
     "unet_tiny": dict(kind="unet", channels=32, channel_mult=(1, 1), num_res_blocks=1,
                       attention_resolutions=(), dropout=0.0, biggan_resample=False, image_size=8),
+    # google/ddpm-cifar10-32's architecture exactly (Ho et al. 2020; 35.7M parameters).
+    "ddpm_cifar10": dict(kind="diffusers", unet=_ddpm_unet((128, 256, 256, 256), (0, 1, 0, 0), 2, 32)),
+    # 28x28 (Fashion-MNIST, MNIST): 28 -> 14 -> 7, attention at 7.
+    "ddpm_small": dict(kind="diffusers", unet=_ddpm_unet((32, 64, 64), (0, 0, 1), 1, 28)),
+    # 8x8 digits on a CPU: 8 -> 4, attention at 4.
+    "ddpm_tiny": dict(kind="diffusers", unet=_ddpm_unet((32, 32), (0, 1), 1, 8)),
+    # a loaded diffusers teacher (teacher.source=diffusers:PATH): its config comes as `unet`.
+    "diffusers": dict(kind="diffusers"),
     # toy2d points.
     "mlp": dict(kind="mlp", hidden=128, depth=3),
 }
@@ -28,6 +52,9 @@ def build_network(preset: str, in_channels: int, out_heads: int = 1, **overrides
         spec["hidden" if kind == "mlp" else "channels"] = int(overrides["width"])
     if kind == "mlp":
         return MLP(dim=in_channels, out_heads=out_heads, **spec)
+    if kind == "diffusers":
+        from .diffusers_unet import DiffusersUNet
+        return DiffusersUNet(in_channels, out_heads, spec.get("unet"), spec.get("dropout"), overrides.get("width"))
     return UNet(in_channels=in_channels, out_heads=out_heads, **spec)
 
 

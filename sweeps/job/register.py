@@ -11,6 +11,18 @@ from ..teachers import TAG
 log = logging.getLogger(__name__)
 
 
+def log_pipeline(student) -> None:
+    """A student on diffusers' UNet2DModel also carries itself as a diffusers pipeline folder (artifact `diffusers/`)."""
+    import tempfile
+
+    import mlflow
+
+    from distill_core.export import export_problem, save_pipeline
+    if export_problem(student) is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifacts(str(save_pipeline(student, tmp)), "diffusers")
+
+
 def register(s, run, result, teacher_ref) -> str:
     """The student's version number."""
     from ..tracking import registry
@@ -20,9 +32,11 @@ def register(s, run, result, teacher_ref) -> str:
         student = result.model
         student.info[TAG] = teacher_ref.tag
         tags = {"method": s.distill.method, "family": s.family, "steps": last.steps, "schedule": s.distill.schedule,
-                "dataset": s.data.name, TAG: teacher_ref.tag, **last.metrics}
+                "dataset": s.data.name, TAG: teacher_ref.tag, "parameterization": student.family.parameterization,
+                **last.metrics}
         version = registry.log_and_register(student, "student", s.registry.name, tags, run.id,
                                             pickle=s.registry.pickle, model_id=run.record.get("model_id"))
+        log_pipeline(student)
         run.record.update(registered_version=version)
     log.info("registered %s version %s (%s, %d steps): %s", s.registry.name, version, s.distill.method, last.steps,
              ", ".join(f"{k}={v:.4g}" for k, v in last.metrics.items()))

@@ -16,6 +16,14 @@ from distill_core.models import PRESETS
 from distill_core.teacher import TeacherConfig
 
 OBJECTIVES = ("gap", "pixel_fd", "fid", "kid")
+# Teacher sources that bring their own noise family and network (sweeps.teachers.diffusers_source): with
+# them `diffusion.*`, `model.*` and the teacher's training keys do not apply, and distill.parameterization
+# is the student's alone. (Named here, not looked up in sweeps.teachers: settings come before teachers.)
+BRINGS_FAMILY = ("diffusers:", "hf:")
+
+
+def brings_family(cfg: DictConfig) -> bool:
+    return str(cfg.teacher.source).startswith(BRINGS_FAMILY)
 
 
 class ConfigError(ValueError):
@@ -36,6 +44,7 @@ def distill_config(cfg: DictConfig) -> DistillConfig:
     values["seed"] = cfg.seed
     values["compile"] = cfg.compile
     values["precision"] = cfg.precision
+    values["parameterization"] = d.get("parameterization") if brings_family(cfg) else None  # else: the teacher's
     dc = DistillConfig(**values)
     try:
         validate(dc)
@@ -47,6 +56,8 @@ def distill_config(cfg: DictConfig) -> DistillConfig:
 def family_config(cfg: DictConfig) -> dict:
     """The noise family of the job's teacher, as the core's plain config: `diffusion.*` with
     `teacher_sampler` as the teacher's sampler (the distilled students sample with their own jump)."""
+    if brings_family(cfg):  # the teacher's own (its scheduler config), read by its source
+        return {"family": "ddpm", "sampler": "ddim"}
     d = dict(_plain(cfg.diffusion))
     spec = {"family": d.pop("family", "vp"), "sampler": d.pop("teacher_sampler", "ddim"), **d}
     if spec["family"] != "vp":  # EDM's grid ends at sigma = 0 in both references: nothing to choose
@@ -87,18 +98,23 @@ def check_keys(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
     one_of("model.preset", cfg.model.preset, tuple(PRESETS))
     one_of("diffusion.family", cfg.diffusion.family, tuple(core_families.FAMILIES))
     family_config(cfg)  # the family checks its keys and the parameterisations it can read
+    if brings_family(cfg):
+        one_of("distill.parameterization", cfg.distill.parameterization, core_families.DDPM_PARAMETERIZATIONS)
+    elif cfg.model.preset == "diffusers":
+        raise ConfigError("model.preset=diffusers is the network of a teacher.source=diffusers:PATH or hf:REPO teacher; "
+                          "to build one here pick ddpm_tiny, ddpm_small or ddpm_cifar10")
     one_of("distill.weighting", cfg.distill.weighting, core_weighting.WEIGHTINGS)
     one_of("teacher.weighting", cfg.teacher.weighting, core_weighting.WEIGHTINGS)
     one_of("objective", cfg.objective, OBJECTIVES)
     one_of("device", cfg.device, ("auto", "cpu", "cuda"))
     one_of("compile", cfg.compile, (False, True))
     one_of("precision", cfg.precision, ("bf16", "fp32"))
-    if cfg.teacher.parameterization != cfg.distill.parameterization:
+    if cfg.teacher.parameterization != cfg.distill.parameterization and not brings_family(cfg):
         raise ConfigError(f"teacher.parameterization ({cfg.teacher.parameterization}) must equal "
                           f"distill.parameterization ({cfg.distill.parameterization}): the student starts from the teacher")
     check_eval(cfg.eval, cfg.objective)
     check_tracking(cfg.tracking)
-    if cfg.data.name == "toy2d" and cfg.model.preset != "mlp" or cfg.model.preset == "mlp" and cfg.data.name != "toy2d":
+    if not brings_family(cfg) and (cfg.data.name == "toy2d") != (cfg.model.preset == "mlp"):
         raise ConfigError(f"model.preset=mlp goes with data.name=toy2d only; got model.preset={cfg.model.preset}, data.name={cfg.data.name}")
     return teacher_config(cfg), distill_config(cfg)
 

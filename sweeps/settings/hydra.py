@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..common.errors import fail
-from .checks import ConfigError, check_keys, resolve_device
+from .checks import ConfigError, brings_family, check_keys, resolve_device
 from .types import DataSettings, EvalSettings, JobSettings, RegistrySettings, TrackingSettings
 
 # keys left out of a run's name: where it runs and logs, not what it is
@@ -20,7 +20,6 @@ def from_hydra(cfg: DictConfig) -> JobSettings:
     """The job's settings; a bad key ends the process with one line and exit code 2."""
     from ..multirun.trial import current_trial
     from ..ranks.layout import layout_problem
-    from ..tracking.params import job_params
     try:
         tc, dc = check_keys(cfg)
         device = resolve_device(cfg.device)
@@ -39,7 +38,16 @@ def from_hydra(cfg: DictConfig) -> JobSettings:
         registry=_pick(RegistrySettings, cfg.registry), seed=cfg.seed, objective=cfg.objective, device=device,
         devices=cfg.devices, nodes=cfg.nodes, cache_dir=Path(cfg.cache_dir), output_dir=output_dir(), key=job_key(cfg),
         label=run_label(dc.method, tc.family["family"], dc.schedule, overrides), overrides=overrides,
-        params=job_params(cfg), resolved_yaml=resolved_yaml(cfg), trial=trial)
+        params=params_of(cfg), resolved_yaml=resolved_yaml(cfg), trial=trial)
+
+
+def params_of(cfg: DictConfig) -> dict:
+    """The run's params; with a teacher that brings its family and network, not the keys it overrides."""
+    from ..tracking.params import job_params
+    params = job_params(cfg)
+    if not brings_family(cfg):
+        return params
+    return {k: v for k, v in params.items() if k.split(".")[0] not in ("diffusion", "model", "teacher") or k == "teacher.source"}
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:
