@@ -43,6 +43,8 @@ def register_sweeper() -> None:
 
 @hydra.main(config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from sweeps.common.console import quiet_libraries
+    quiet_libraries()
     from sweeps.job import run_job
     return run_job(cfg)
 

@@ -78,8 +78,9 @@ def test_the_stages_in_this_process_from_the_inputs_to_the_finish(here):
     assert done.data.tags["teacher_version"] == "distill-teachers/1"
     assert done.data.tags["teacher_run_id"] == teacher.ref.run_id() != ""
     note = done.data.tags["mlflow.note.content"]
-    assert "teacher [distill-teachers/1](#/models/distill-teachers/versions/1)" in note
-    assert f"[distill-students/{version}](#/models/distill-students/versions/{version})" in note
+    assert "teacher [distill-teachers/1](#/models/distill-teachers/versions/1?workflowType=machine_learning)" in note
+    assert f"[distill-students/{version}](#/models/distill-students/versions/{version}?workflowType=" in note
+    assert "\n```\nsteps       gap  teacher gap  gap ratio" in note and "\n    2  " in note, note
     again = check_inputs(s).teacher_source.acquire(inputs.data, ranks, run.experiment_id)
     assert again.ref == teacher.ref, "the trained teacher is found by its key"
 
@@ -139,3 +140,41 @@ def test_the_registered_teacher_checks_before_any_run(here):
     (Path(unquote(urlparse(location).path)) / "artifacts" / "weights.pt").write_bytes(b"tampered")
     with pytest.raises(TeacherError, match="does not match its recorded sha256"):
         source_for(s).check()
+
+
+def test_registration_resumes_from_whatever_a_killed_attempt_left(here):
+    """Kill points of the registration stage, reproduced in the store: a logged model linked to the run and
+    then abandoned (a kill at "Validating input example"), a version the job's record never heard of (a kill
+    right after "Created version"), a model logged in full but not registered. Each resume registers once."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    client, ranks = MlflowClient(), Ranks(1, "cpu")
+
+    def distilled(seed):
+        s = settings(here, f"seed={seed}")
+        inputs = check_inputs(s)
+        run_cm = student_run(s, inputs)
+        run = run_cm.__enter__()
+        teacher = acquire_teacher(s, run, inputs, ranks)
+        return s, run, run_cm, teacher, distil(s, run, teacher.model, inputs.data, ranks)
+
+    s, run, run_cm, teacher, result = distilled(0)
+    model_id = run.record.get("model_id")
+    client.log_outputs(run.id, [LoggedModelOutput(model_id, 0)])  # linked, then killed
+    assert registry.logged_state(run.id, model_id) == "linked"
+    version = register(s, run, result, teacher.ref)
+    assert client.get_logged_model(model_id).status == LoggedModelStatus.FAILED, "the half-logged model is marked"
+    run.record.update(registered_version=None)  # killed before the record was written
+    assert register(s, run, result, teacher.ref) == version
+    assert [int(v.version) for v in client.search_model_versions(f"run_id = '{run.id}'")] == [version]
+    run_cm.__exit__(None, None, None)
+
+    s, run, run_cm, teacher, result = distilled(1)
+    model_id = run.record.get("model_id")
+    with mlflow.start_run(run_id=run.id, nested=mlflow.active_run() is not None):
+        registry.log_model(result.model, "student", model_id=model_id)  # logged in full, then killed
+    assert registry.logged_state(run.id, model_id) == "ready"
+    version = register(s, run, result, teacher.ref)
+    (found,) = client.search_model_versions(f"run_id = '{run.id}'")
+    assert int(found.version) == version and found.source == f"models:/{model_id}"
+    registry.verify(found)  # the recorded sha256 is the logged weights'
+    run_cm.__exit__(None, None, None)

@@ -93,9 +93,11 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     for r in students:  # the run's description: the headline result, links to its version and its teacher
         note = r.data.tags["mlflow.note.content"]
         assert f"the 1-step student's gap is **{r.data.metrics['gap']:.4g}**" in note
-        assert f"(#/experiments/{exp}/runs/{teacher.info.run_id})" in note and "| 2 | " in note
+        assert f"(#/experiments/{exp}/runs/{teacher.info.run_id}?workflowType=machine_learning)" in note
+        assert "\n    2  " in note and "\n    1  " in note, note
     model = client.get_registered_model("distill-students")  # what it is, how to load it, what tags mean
-    assert "registry.load(\"models:/distill-students@champion\")" in model.description
+    assert "registry.load(\"models:/distill-students/<version>\")" in model.description and "sweeps.promote" in model.description
+    assert "teacher.source=models:/distill-teachers/<version>" in client.get_registered_model("distill-teachers").description
     for v in client.search_model_versions("name = 'distill-students'"):
         # the final evaluation is linked to the logged model (its page's metrics); its input example is stored
         model_id = v.model_id or v.source[len("models:/"):]

@@ -17,7 +17,8 @@ def distil(s, run, teacher, data, ranks):
     from ..tracking.run_logger import logged_steps
     from .evaluation import PhaseEvaluation
     if not run.record.get("model_id"):
-        model = mlflow.initialize_logged_model(name="student", source_run_id=run.id, experiment_id=run.experiment_id)
+        model = mlflow.initialize_logged_model(name="student", source_run_id=run.id, experiment_id=run.experiment_id,
+                                               params={k: str(v) for k, v in s.params.items()})  # (its page's params)
         run.record.update(model_id=model.model_id)
         mlflow.clear_active_model()  # only the final evaluation links to it
     reporter = RunReporter(mlflow.get_tracking_uri(), run.id, synchronous=not s.tracking.async_logging,

@@ -21,6 +21,18 @@ def finish(s, run, result, version: str, teacher_ref) -> float:
     mlflow.set_tag("mlflow.note.content", describe_run(result, s.what, f"{s.registry.name}/{version}", teacher_ref,
                                                        run.experiment_id, teacher_run))
     run.record.update(status="FINISHED")
+    print(summary(result, s, f"{s.registry.name}/{version}"), flush=True)
     if store.parent_run_id() is None:  # (a sweep prints its own link at its end)
         print(f"runs: {store.ui_link(s.tracking.uri, run.experiment_id)}", flush=True)
     return float(value)
+
+
+def summary(result, s, version: str) -> str:
+    """The job's result on the console: each phase's student against the teacher at the same step count."""
+    lines = [f"{s.what}: registered {version}", f"  {'phase':>5}  {'steps':>5}  {'student gap':>11}  "
+             f"{'teacher gap':>11}  {'ratio':>6}"]
+    for p in result.phases:
+        gap, teacher = p.metrics.get("gap", float("nan")), p.metrics.get("teacher_gap", float("nan"))
+        ratio = gap / teacher if teacher else float("nan")
+        lines.append(f"  {p.phase + 1:>5}  {p.steps:>5}  {gap:>11.4f}  {teacher:>11.4f}  {ratio:>6.2f}")
+    return "\n".join(lines)

@@ -89,6 +89,7 @@ class TrainedTeacher:
             if not resumed:
                 mlflow.log_params(params.teacher_params(s.params))
                 dataset.log_dataset(data, s.data.as_dict())
+                mlflow.log_text(s.resolved_yaml, "config_resolved.yaml")
             reporter = RunReporter(mlflow.get_tracking_uri(), run_id, synchronous=not s.tracking.async_logging,
                                    logged=logged_steps(run_id) if resumed else None,
                                    outage_limit_s=float(s.tracking.outage_limit_s))
@@ -100,7 +101,12 @@ class TrainedTeacher:
             teacher.info["teacher_key"] = self.key
             version = registry.log_and_register(teacher, "teacher", s.registry.teacher_name, {
                 "teacher_key": self.key, "role": "teacher", "dataset": data.name, "preset": tc.preset,
-                "parameterization": tc.parameterization, "family": s.family}, run.info.run_id, pickle=s.registry.pickle)
+                "parameterization": tc.parameterization, "family": s.family}, run.info.run_id, pickle=s.registry.pickle,
+                step=tc.updates)
+            mlflow.set_tag("mlflow.note.content", f"**Teacher** {tc.preset} ({s.family}, {tc.parameterization}) on "
+                           f"{data.name}, {tc.updates} updates, key `{self.key}`: registered as "
+                           f"[{s.registry.teacher_name}/{version}]({TeacherRef(s.registry.teacher_name, version).page}"
+                           "?workflowType=machine_learning); every job with this teacher config reuses it.")
             mlflow.flush_async_logging()
         return Acquired(teacher, TeacherRef(s.registry.teacher_name, str(version)))
 

@@ -66,59 +66,121 @@ def input_example(model):
 
 
 def log_and_register(model, name: str, registered_name: str, tags: dict, run_id: str, pickle: bool = False,
-                     model_id: str | None = None) -> str:
+                     model_id: str | None = None, step: int = 0) -> str:
     """Log `model` under the active run (into the logged model `model_id` when one was created for it)
-    and register it; returns the new version number."""
+    and register it; returns the new version number. `step`: the run's metrics at that step are linked to the
+    logged model (its last update: its final loss; not step 0, where only system metrics' first zeros are)."""
+    uri, digest = log_model(model, name, pickle, model_id, step)
+    return register_logged(uri, digest, name, registered_name, tags, run_id, pickle)
+
+
+def log_model(model, name: str, pickle: bool = False, model_id: str | None = None, step: int = 0) -> tuple[str, str]:
+    """(the logged model's uri, the weights' sha256)."""
     with tempfile.TemporaryDirectory() as tmp:
         weights, config, digest = write_files(model, Path(tmp))
         if pickle:
-            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", model_id=model_id,
+            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", model_id=model_id, step=step,
                                             pip_requirements=PIP_REQUIREMENTS, extra_files=[str(weights), str(config)])
         else:
             with warnings.catch_warnings():  # (the signature and the example describe the input, not type hints)
                 warnings.filterwarnings("ignore", message=r"(?s).*Add type hints")
-                info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE), model_id=model_id,
+                info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE), model_id=model_id, step=step,
                                                pip_requirements=PIP_REQUIREMENTS, signature=signature(model),
                                                input_example=input_example(model),
                                                artifacts={"weights": str(weights), "config": str(config)})
     mlflow.clear_active_model()  # (log_model makes it the process's active model: later system metrics would link to it)
+    return info.model_uri, digest
+
+
+def logged_digest(model_id: str) -> str:
+    """The sha256 of the weights a logged model holds (read from the store, not recomputed)."""
+    from types import SimpleNamespace
+
+    from distill_core.checkpoint import sha256
+    with tempfile.TemporaryDirectory() as tmp:
+        return sha256(download_weights(f"models:/{model_id}", SimpleNamespace(source=f"models:/{model_id}", version="-"), tmp))
+
+
+def register_logged(uri: str, digest: str, name: str, registered_name: str, tags: dict, run_id: str,
+                    pickle: bool = False) -> str:
+    """Register the logged model at `uri` with `tags` (metric values rounded to 4 significant digits)."""
     clean = {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in tags.items() if v is not None}
     clean.update(weights_sha256=digest, format="pickle" if pickle else "weights")
-    version = mlflow.register_model(info.model_uri, registered_name, tags=clean)
+    from ..common.console import prints_to_log
+    with prints_to_log("mlflow.register_model"):  # ("Successfully registered model ...", "Created version ...": the log file's)
+        version = mlflow.register_model(uri, registered_name, tags=clean)
     client = MlflowClient()
     client.set_tag(run_id, f"registry.{name}", f"{registered_name}/{version.version}")
     describe(client, registered_name, version.version, name, clean)
     return version.version
 
 
-MODEL_DESCRIPTION = """Diffusion {role}s from distill-sweeps (digits to CIFAR-10; VP/DDIM or EDM noise families).
+def version_from_run(registered_name: str, run_id: str):
+    """The newest version of `registered_name` that `run_id` registered, or None."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return int(max(versions, key=lambda v: int(v.version)).version) if versions else None  # (as register_model gives it)
+
+
+def logged_state(run_id: str, model_id: str | None) -> str:
+    """What became of a run's logged model: `none` (there is none), `ready` (logged in full), `linked` (a
+    killed attempt linked it to the run and stopped: MLflow refuses a second link), `fresh` (untouched)."""
+    if not model_id:
+        return "none"
+    from mlflow.entities import LoggedModelStatus
+    client = MlflowClient()
+    if client.get_logged_model(model_id).status == LoggedModelStatus.READY:
+        return "ready"
+    outputs = client.get_run(run_id).outputs
+    linked = any(o.model_id == model_id for o in (outputs.model_outputs if outputs else []) or [])
+    return "linked" if linked else "fresh"
+
+
+MODEL_DESCRIPTION = """Distilled diffusion students from distill-sweeps (digits to CIFAR-10; VP/DDIM, EDM or DDPM noise families).
 
 Load and sample (no pickle; the weights' sha256 is checked first):
 
     import torch; from sweeps import registry
-    m = registry.load("models:/{name}@champion")        # or models:/{name}/<version>
+    m = registry.load("models:/{name}/<version>")   # or models:/{name}@champion once `python -m sweeps.promote` set it
     images = m.sample(torch.randn(16, *m.data_shape), steps)   # in [-1, 1]
 
 or `mlflow.pyfunc.load_model(uri).predict(noise)` (samples at the version's own step count; params={{"steps": N}}).
+A student on diffusers' UNet2DModel (family ddpm) also leaves as a diffusers pipeline: its run's artifact
+`diffusers/`, or `python -m sweeps.export models:/{name}/<version> OUT_DIR`.
 
-Version tags: method (tract | btd), family (vp | edm), steps (the step count it samples with), schedule,
-dataset, teacher_version (what it was distilled from), gap (RMSE to the teacher's many-step samples from the
-same noise), teacher_gap (the teacher's own gap at the same step count), pixel_fd / fid / kid (where
-computed), weights_sha256, format. The version's source run has its metrics per phase, grids and checkpoints;
-its logged model lists the final evaluation."""
+Version tags: method (tract | btd), family (vp | edm | ddpm), steps (the step count it samples with), schedule,
+parameterization, dataset, teacher_version (what it was distilled from), gap (RMSE to the teacher's many-step
+samples from the same noise), teacher_gap (the teacher's own gap at the same step count), pixel_fd / fid / kid
+(where computed), weights_sha256, format. The version's source run has its metrics per phase, grids and
+checkpoints; its logged model lists the final evaluation."""
+
+TEACHER_DESCRIPTION = """Diffusion teachers of distill-sweeps: trained here once per distinct teacher config (tag teacher_key),
+or a published diffusers model registered once (tags source, revision, source_sha256), reused by every job.
+
+Use one as a job's teacher with `teacher.source=models:/{name}/<version>`, or load and sample it:
+
+    import torch; from sweeps import registry
+    m = registry.load("models:/{name}/<version>")
+    images = m.sample(torch.randn(16, *m.data_shape), 64)   # in [-1, 1]
+
+Version tags: teacher_key, role, family (vp | edm | ddpm), preset, parameterization, dataset, weights_sha256,
+format (and for diffusers teachers: source, revision, source_sha256). The version's source run holds its
+training curve or, for a diffusers teacher, its U-Net and scheduler configs."""
 
 
 def describe(client, registered_name: str, version: str, role: str, tags: dict) -> None:
     """What a registered model is and how to use it (once), and a one-line version description."""
     try:
         if not client.get_registered_model(registered_name).description:
-            client.update_registered_model(registered_name, description=MODEL_DESCRIPTION.format(
-                role=role, name=registered_name))
+            text = TEACHER_DESCRIPTION if role == "teacher" else MODEL_DESCRIPTION
+            client.update_registered_model(registered_name, description=text.format(name=registered_name))
         what = (f"{tags.get('method', role)} {tags.get('family', '')} student, {tags.get('steps')} step(s), "
                 f"schedule {tags.get('schedule')}, from {tags.get('teacher_version')}: gap {tags.get('gap')} "
                 f"(teacher at the same steps {tags.get('teacher_gap')})" if role == "student" else
                 f"{tags.get('family', '')} teacher ({tags.get('preset')}, {tags.get('parameterization')}) on "
-                f"{tags.get('dataset')}, key {tags.get('teacher_key')}")
+                f"{tags.get('dataset')}, key {tags.get('teacher_key')}" + (f", from {tags['source']}" if "source" in tags else ""))
         client.update_model_version(registered_name, version, description=what)
     except mlflow.exceptions.MlflowException as e:  # a description is a courtesy: never fail a job over it
         logging.getLogger(__name__).warning("could not describe %s/%s: %s", registered_name, version, e)

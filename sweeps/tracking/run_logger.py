@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from distill_core.callbacks import Callback
 
-from .metric_keys import step_count_keys
+from .metric_keys import CURVE, curve_keys, step_count_keys
 
 
 IMAGE_UPSCALE = 2  # the grids' 8x8 digits are drawn 32 px wide; the UI's image cards show them at 64
@@ -63,6 +63,9 @@ class RunLogger(Callback):
     def on_phase_metrics(self, phase, steps, update, metrics):
         final = self.model_id if steps == self.final_steps else None
         self.on_metrics(step_count_keys(metrics, steps), update, model_id=final)
+        curve = {k: v for k, v in curve_keys(metrics).items() if steps < self.logged.get(k, float("inf"))}
+        if curve:  # (step counts fall phase by phase: a resumed job has logged those at or above its lowest)
+            self.out.metrics(curve, int(steps))
         self.out.call(lambda client: client.set_tag(self.run_id, "steps", str(steps)))  # the step count reached
 
     def on_checkpoint(self, path, sha256, name):
@@ -91,7 +94,8 @@ class RunLogger(Callback):
 
 
 def logged_steps(run_id: str) -> dict:
-    """{metric: highest step already logged} of an existing run."""
+    """{metric: highest step already logged} of an existing run (the lowest for the quality-vs-steps curve's
+    keys, whose steps fall)."""
     client = MlflowClient()
-    return {key: max(m.step for m in client.get_metric_history(run_id, key))
+    return {key: (min if key.startswith(CURVE) else max)(m.step for m in client.get_metric_history(run_id, key))
             for key in client.get_run(run_id).data.metrics}

@@ -5,7 +5,8 @@ import torch
 
 from distill_core import data as core_data
 
-DATA_FOR = {"unet_tiny": "digits", "unet_small": "fashion_mnist", "unet_cifar10": "cifar10", "mlp": "toy2d"}
+DATA_FOR = {"unet_tiny": "digits", "unet_small": "fashion_mnist", "unet_cifar10": "cifar10", "mlp": "toy2d",
+            "ddpm_tiny": "digits", "ddpm_small": "fashion_mnist", "ddpm_cifar10": "cifar10"}
 
 
 def sync(device):
@@ -53,4 +54,5 @@ def step_flops(model, x, t) -> float:
 
 
 FAMILY = {"vp": ({"family": "vp", "parameterization": "v"}, "snr_plus_one", "truncated_snr"),
-          "edm": ({"family": "edm"}, "edm", "edm")}  # (family, teacher weighting, distillation weighting)
+          "edm": ({"family": "edm"}, "edm", "edm"),
+          "ddpm": ({"family": "ddpm", "parameterization": "v"}, "snr_plus_one", "truncated_snr")}  # (family, teacher weighting, distillation weighting)
