@@ -66,6 +66,13 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     parent = MlflowClient().get_run(parents.pop())
     assert parent.info.status == "FINISHED" and "distill.mu_s=0.5,0.9,0.99" in parent.data.tags["sweep.overrides"]
     assert all(r.data.tags["sweep_id"] == parent.info.run_id for r in students)
+    ranked = sorted(students, key=lambda r: r.data.metrics["objective"])  # the sweep's result at a glance
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**Sweep** of 3 job(s); best: **{ranked[0].info.run_name}**") and "workflowType" in note
+    lines = mission.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "gap"])
+    table = lines[start + 1:start + 4]
+    assert [line.split()[0] for line in table] == ["1", "2", "3"] and ranked[0].info.run_name in table[0], table
     teachers = [r for r in all_runs if r.data.tags.get("role") == "teacher"]
     assert len(teachers) == 1, "exactly one teacher is trained for the sweep"
     for r in students + teachers:  # the training data as each run's input (the UI's Dataset column)

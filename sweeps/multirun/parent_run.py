@@ -4,7 +4,8 @@ The parent is created in the driver (`on_multirun_start`), which also creates th
 store first so parallel jobs never race on its schema; jobs find the parent through an
 environment variable (inherited by joblib/submitit-local workers) and nest under it.
 A sweep ended by Ctrl-C or SIGTERM ends its parent and its running children KILLED (the workers
-are asked to stop first); one that ends on an error, FAILED: none is left RUNNING.
+are asked to stop first); one that ends on an error, FAILED: none is left RUNNING. As each job ends, the
+parent's description ranks the jobs by their objective (`multirun.summary`); the sweep prints that table.
 """
 import atexit
 import os
@@ -85,6 +86,18 @@ class SweepParentRun(Callback):
         except Exception as e:  # noqa: BLE001 (exiting anyway)
             print(f"could not mark the sweep's runs {status}: {e}", file=sys.stderr, flush=True)
 
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        """(In whichever process ran the job: the parent is found through the environment.)"""
+        from ..tracking import store
+        from .summary import update
+        parent = store.parent_run_id()
+        if parent:
+            try:
+                update(parent)
+            except Exception as e:  # noqa: BLE001 (a description is a courtesy: never fail a sweep over it)
+                import logging
+                logging.getLogger(__name__).warning("could not update the sweep's description: %s", e)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """Hydra calls this in a `finally`: after a sweep that ended, or one stopped by an exception
         (Ctrl-C, SIGTERM, a failed job), which is then in flight here."""
@@ -98,4 +111,6 @@ class SweepParentRun(Callback):
         self.ended = True
         from mlflow.tracking import MlflowClient
         MlflowClient().set_terminated(self.run_id, "FINISHED")
+        from .summary import update
+        print(update(self.run_id), flush=True)
         print(f"runs: {self.link}", flush=True)
