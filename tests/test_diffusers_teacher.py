@@ -132,6 +132,7 @@ UPDATES = {"tract": "[100,200]", "btd": "100"}  # measured here: 1-step gap rati
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["tract", "btd"])
 def test_a_diffusers_teacher_distils_and_the_student_leaves_as_a_diffusers_pipeline(store, trained, method):
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     proc = run_cli("sweeps.run", [f"teacher.source=diffusers:{trained}", f"distill={method}", *JOB,
                                   f"distill.updates_per_phase={UPDATES[method]}"], store)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -180,6 +181,7 @@ def test_export_refuses_a_model_diffusers_cannot_load_in_one_line(here, capsys):
 
 @pytest.mark.slow
 def test_an_optuna_sweep_over_mu_s_and_the_students_parameterisation_on_a_diffusers_teacher(store, trained):
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")  # (an in-process test before may have reset it)
     storage = f"sqlite:///{store}/optuna.db"
     proc = run_cli("sweeps.run", ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.params=null",
                                   "distill.mu_s=choice(0.5,0.9)", "distill.parameterization=choice(v,x)",
