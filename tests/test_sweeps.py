@@ -66,13 +66,14 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     parent = MlflowClient().get_run(parents.pop())
     assert parent.info.status == "FINISHED" and "distill.mu_s=0.5,0.9,0.99" in parent.data.tags["sweep.overrides"]
     assert all(r.data.tags["sweep_id"] == parent.info.run_id for r in students)
-    ranked = sorted(students, key=lambda r: r.data.metrics["objective"])  # the sweep's result at a glance
+    best = min(r.data.metrics["objective"] for r in students)  # the sweep's result at a glance
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith(f"**Sweep** of 3 job(s); best: **{ranked[0].info.run_name}**") and "workflowType" in note
+    assert note.startswith("**Sweep** of 3 job(s); best: **tract vp 8-2-1 mu_s=") and f"({best:.4g})" in note, note
+    assert "workflowType" in note
     lines = mission.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "gap"])
     table = lines[start + 1:start + 4]
-    assert [line.split()[0] for line in table] == ["1", "2", "3"] and ranked[0].info.run_name in table[0], table
+    assert [line.split()[0] for line in table] == ["1", "2", "3"] and table[0].split()[1] == f"{best:.4g}", table
     teachers = [r for r in all_runs if r.data.tags.get("role") == "teacher"]
     assert len(teachers) == 1, "exactly one teacher is trained for the sweep"
     for r in students + teachers:  # the training data as each run's input (the UI's Dataset column)
@@ -421,8 +422,8 @@ def test_bad_input_fails_before_any_work_with_one_line(tmp_path, monkeypatch, ca
 
 @pytest.mark.parametrize("override,message", [
     BAD_INPUTS[0], BAD_INPUTS[3],
-    ("diffusion=ve", "diffusion must be one of edm, vp; got 've'"),  # a config group option: before Hydra's error
-    ("-m diffusion=vp,ve", "diffusion must be one of edm, vp; got 've'"),
+    ("diffusion=ve", "diffusion must be one of ddpm, edm, vp; got 've'"),  # a config group option: before Hydra's error
+    ("-m diffusion=vp,ve", "diffusion must be one of ddpm, edm, vp; got 've'"),
     ("-m hydra/sweeper=optuna hydra.sweeper.n_jobs=2", "hydra.sweeper.n_jobs=2 needs a launcher that runs jobs"),
     ("-m hydra/sweeper=optuna hydra/sweeper/pruner=median hydra.sweeper.pruner.name=best",
      "hydra.sweeper.pruner.name must be one of none, median"),
