@@ -55,6 +55,5 @@ def log_and_register(s, run, student, tags: dict) -> str:
         log.info("the student's logged model %s was left half-logged by a killed attempt; logging it anew", model_id)
         registry.abandon_model(model_id)
         model_id = None
-    from distill_core.distill import phase_updates
     return registry.log_and_register(student, "student", s.registry.name, tags, run.id, pickle=s.registry.pickle,
-                                     model_id=model_id, step=sum(phase_updates(s.distill)))
+                                     model_id=model_id)  # (its final evaluation is linked to it as it is logged)
