@@ -1,0 +1,1 @@
+"""A multirun: its MLflow parent run (a Hydra callback), our Optuna sweeper, and each job's trial and pruning."""
