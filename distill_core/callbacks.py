@@ -16,6 +16,10 @@ class Callback:
         updates (gap, teacher_gap, FID, ...). By default recorded like any metrics at step `update`."""
         self.on_metrics(metrics, update)
 
+    def on_save(self, name: str) -> None:
+        """Checkpoint `name` is about to be written: what was reported before it should be recorded first, so
+        that a kill after it loses nothing (a resume from it reports only what comes after)."""
+
     def on_checkpoint(self, path: Path, sha256: str, name: str) -> None:
         """A checkpoint file was written atomically (its sha256 is recorded with it)."""
 

@@ -194,6 +194,7 @@ class Distiller:
     def save(self, name: str) -> None:
         if not self.placement.is_main:
             return
+        self.callback.on_save(name)
         digest = save_atomic(self.state(), self.workdir / name)
         if name != self.checkpoint_path.name:  # the phase file is also the new resume point: copy, not re-serialise
             tmp = self.checkpoint_path.with_name(f".{self.checkpoint_path.name}.tmp")
@@ -337,6 +338,9 @@ class Distiller:
     def _evaluate(self, p: int, student_steps: int, model: DiffusionModel, reference: torch.Tensor) -> dict:
         metrics = {"gap": gap(model, self.eval_noise, student_steps, reference),
                    "teacher_gap": gap(self.original_teacher, self.eval_noise, student_steps, reference)}
+        teacher_grid = save_grid(self.original_teacher.sample(self.eval_noise, student_steps),
+                                 self.workdir / f"samples_teacher_{student_steps}steps.png")  # beside the student's
+        self.callback.on_image(teacher_grid, teacher_grid.name)
         grid = self.workdir / f"samples_phase{p + 1}_{student_steps}steps.png"
         save_grid(model.sample(self.eval_noise, student_steps), grid)
         self.callback.on_image(grid, grid.name, self.starts[p + 1])

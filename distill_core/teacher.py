@@ -95,6 +95,7 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
     def save(step: int) -> None:
         if checkpoint_path is None or not placement.is_main:
             return
+        callback.on_save("teacher")
         digest = save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                               "step": step, "rng": rng.capture(generator)}, checkpoint_path)
         callback.on_checkpoint(Path(checkpoint_path), digest, "teacher")

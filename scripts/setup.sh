@@ -9,10 +9,11 @@ PY=${PYTHON:-python3}
 stamp="$VENV/.distill-sweeps-setup"
 want=$(cat constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
-# Optional system packages (offline data, PostgreSQL for the team tests) where apt exists and we are root.
+# Optional system packages (offline data, PostgreSQL for the team tests, Chromium for the browser test) where apt exists and we are root.
 apt_pkgs=()
 [ -d /usr/share/datasets/fashion-mnist ] || apt_pkgs+=(dataset-fashion-mnist)
 command -v pg_ctlcluster >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/initdb ] || apt_pkgs+=(postgresql)
+[ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)  # the browser test drives MLflow's UI in it (Playwright)
 if [ ${#apt_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && [ -z "${SKIP_APT:-}" ]; then
   echo "[setup] apt-get install ${apt_pkgs[*]} (optional; set SKIP_APT=1 to skip)"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null) \

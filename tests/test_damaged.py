@@ -110,3 +110,37 @@ def test_a_teacher_killed_mid_training_is_continued_in_its_own_run(tmp_path):
     assert teacher.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in runs)
     steps = [m.step for m in MlflowClient().get_metric_history(teacher.info.run_id, "teacher/loss")]
     assert len(steps) == len(set(steps)) and {75, 100, 150, 200} <= set(steps), sorted(steps)
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_there_is_room(tmp_path):
+    """The store and the job folders on a 12 MB filesystem (a tmpfs mounted for the test): the job stops with
+    one line naming where it ran out and how much is free, no run is left RUNNING; with room again the same
+    command goes on in the same run, every loss step once, and registers."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        first = run_cli("sweeps.run", ["+debug=tiny", "hydra.run.dir=out"], small)
+        assert first.returncode == 2, first.stderr[-3000:]
+        line = one_error(first.stderr)
+        assert line.startswith("error: no space left on the device (the job folder ") and "MB free" in line
+        assert line.endswith("run the same command again: it goes on from the last checkpoint, in the same run")
+        mlflow.set_tracking_uri(f"sqlite:///{small}/mlflow.db")
+        before = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert before and all(r.info.status in ("FINISHED", "FAILED") for r in before), "none left RUNNING"
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        again = run_cli("sweeps.run", ["+debug=tiny", "hydra.run.dir=out"], small)
+        assert again.returncode == 0, again.stderr[-3000:]
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert sorted(r.info.run_id for r in runs) == sorted(r.info.run_id for r in before), "the same runs, resumed"
+        assert all(r.info.status == "FINISHED" for r in runs)
+        client = MlflowClient()
+        (student,) = [r for r in runs if r.data.tags.get("role") == "student"]
+        assert [m.step for m in client.get_metric_history(student.info.run_id, "distill/loss")] == [10, 20]
+        (teacher,) = [r for r in runs if r.data.tags.get("role") == "teacher"]
+        assert [m.step for m in client.get_metric_history(teacher.info.run_id, "teacher/loss")] == [25, 40]
+        assert len(client.search_model_versions("name = 'distill-students'")) == 1
+    finally:
+        mlflow.set_tracking_uri(None)
+        subprocess.run(["umount", "-l", str(small)])

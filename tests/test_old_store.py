@@ -58,7 +58,8 @@ def test_a_store_of_the_flat_layout_resumes_reuses_promotes_and_reports(tmp_path
     assert run.info.status == "FINISHED"
     losses = [m.step for m in client.get_metric_history(run.info.run_id, "distill/loss")]
     assert len(losses) == len(set(losses)) and {25, 30, 60, 85, 90} <= set(losses), "no loss step twice"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "gap")) == [30, 60, 90]
+    gaps = [m.step for m in client.get_metric_history(run.info.run_id, "gap")]  # (per phase before the kill:
+    assert len(gaps) == len(set(gaps)) and max(gaps) == 90  # the old layout's code; the result once after)
     another = run_cli("sweeps.run", [*COMMON, "distill.mu_s=0.7", "hydra.run.dir=outputs/another"], tmp_path)
     assert another.returncode == 0, another.stderr[-3000:]
     assert "reusing teacher distill-teachers version 1" in another.stdout + another.stderr

@@ -106,3 +106,26 @@ def test_past_the_limit_the_job_stops_and_a_resumed_job_replays_what_was_kept(ru
     assert replay(spill, run_id) == 4 and not spill.exists()
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4, 5]
     assert replay(spill, run_id) == 0, "nothing twice"
+
+
+class SlowStore(Store):
+    """A store that answers, slowly (a busy server): each call takes 0.2 s."""
+
+    def _send(self, what, fn, *args, **kwargs):
+        time.sleep(0.2)
+        return super()._send(what, fn, *args, **kwargs)
+
+
+def test_what_was_reported_before_a_checkpoint_is_in_the_store_before_it_is_written(run):
+    """A `kill -9` right after a checkpoint must lose no metric: the resume from that checkpoint reports only
+    the updates after it. So `on_save` (the core's hook before it writes one) waits for the queue."""
+    from sweeps.tracking.run_logger import RunLogger
+    client, run_id = run
+    logger = RunLogger(run_id, outbox=Outbox(run_id, retry_s=0.05, client=SlowStore(client)))
+    for step in range(1, 6):  # five separate calls (a tag between metrics: no batching), ~1 s to deliver
+        logger.on_metrics({"distill/loss": 1.0 / step}, step)
+        logger.out.call(lambda c, s=step: c.set_tag(run_id, "update", str(s)))
+    logger.on_save("distill_latest.pt")
+    assert [m.step for m in client.get_metric_history(run_id, "distill/loss")] == [1, 2, 3, 4, 5]
+    assert client.get_run(run_id).data.tags["update"] == "5"
+    logger.close()

@@ -1,8 +1,11 @@
 """The product's front door, end to end: real subprocesses, a real SQLite MLflow store and a
 real SQLite Optuna storage in a temporary folder (issue: sweeps)."""
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import mlflow
 import optuna
@@ -48,8 +51,14 @@ def runs(store, filter_string=""):
 def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, mission):
     exp = mlflow.get_experiment_by_name("distill-sweeps").experiment_id
     links = [line for line in mission.stdout.splitlines() if line.startswith("runs: ")]
-    assert links == [f"runs: http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning "
+    (parent_id,) = {r.data.tags["sweep_id"] for r in runs(store) if r.data.tags.get("role") == "student"}
+    assert links == [f"runs: http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning"
+                     f"&viewStateShareKey=sweep-{parent_id[:12]} "
                      f"(after: mlflow ui --backend-store-uri sqlite:///{store}/mlflow.db)"], "one link, the sweep's"
+    # the link's table (MLflow's shared view, an experiment tag): the sweep's students, swept key, best first
+    view = json.loads(MlflowClient().get_experiment(exp).tags[f"mlflow.sharedViewState.sweep-{parent_id[:12]}"])
+    assert len(mlflow.search_runs([exp], view["searchFilter"], output_format="list")) == 3
+    assert "params.`distill.mu_s`" in view["selectedColumns"] and view["orderByKey"] == "metrics.`objective`"
     all_runs = runs(store)
     students = [r for r in all_runs if r.data.tags.get("method") == "tract"]
     assert len(students) == 3
@@ -84,14 +93,18 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     assert sorted(r.data.tags.get("role") for r in all_runs) == ["student"] * 3 + ["sweep", "teacher"]
     assert all(v != "" for r in all_runs for v in r.data.tags.values()), "no empty tags"
     client = MlflowClient()
-    for r in students:  # MLflow's image view: the teacher's grid, then each phase's at its cumulative update
+    for r in students:  # MLflow's image view: the teacher's grid (at step 0 under both keys), then each phase's
         images = [a.path for a in client.list_artifacts(r.info.run_id, "images") if a.path.endswith(".png")]
         assert sorted(p.split("/")[1].split("+timestamp")[0] for p in images) == \
-            ["samples+step+10", "samples+step+20", "teacher_samples+step+0"]
+            ["samples+step+0", "samples+step+10", "samples+step+20", "teacher_samples+step+0"]
     assert len(client.search_model_versions("name = 'distill-teachers'")) == 1
     # params are the job's settings, under the same names in the teacher's run as in its students'
     (teacher,) = teachers
     assert "mlflow.parentRunId" not in teacher.data.tags, "the teacher's run is top-level"
+    assert teacher.data.tags["mlflow.note.content"].startswith("**Teacher** unet_tiny (vp, v) on digits")
+    assert [a.path for a in client.list_artifacts(teacher.info.run_id, "samples")] == ["samples/teacher_8steps.png"]
+    assert "samples%2Fteacher_8steps.png" in teacher.data.tags["mlflow.note.content"], "its samples, on its page"
+    assert any(a.path.startswith("images/samples+step+0") for a in client.list_artifacts(teacher.info.run_id, "images"))
     assert all(r.data.tags["teacher_run_id"] == teacher.info.run_id for r in students)
     for r in students:
         assert not [k for k in r.data.params if k.split(".")[0] in ("tracking", "registry", "scale", "cache_dir")]
@@ -130,18 +143,24 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     files = {a.path for a in client.list_artifacts(students[0].info.run_id, "checkpoints")}
     assert {"checkpoints/phase1_2steps.pt", "checkpoints/phase2_1steps.pt"} <= files
     assert len(students[0].data.tags["sha256.phase2"]) == 64  # short keys: sha256.phase1, sha256.phase2
-    assert len(client.list_artifacts(students[0].info.run_id, "samples")) == 3  # the teacher's and two phases'
-    # per-phase values at the cumulative update count (the losses' x-axis) and under step-count keys
+    samples = {a.path for a in client.list_artifacts(students[0].info.run_id, "samples")}
+    assert samples == {f"samples/{name}.png" for name in ("samples_teacher_8steps", "samples_teacher_2steps",
+                       "samples_teacher_1steps", "samples_phase1_2steps", "samples_phase2_1steps", "overview")}
+    # each phase's values under its step-count keys at the cumulative update count (the losses' x-axis); the
+    # plain keys once, the final phase's, rounded for the runs table
     run = students[0]
-    history = client.get_metric_history(run.info.run_id, "gap")
-    assert sorted(m.step for m in history) == [10, 20]
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "distill/loss")) <= 20
-    by_steps = {m.step: m.value for m in history}
+    by_steps = {}
     for key, step, steps in (("gap/2step", 10, 2), ("gap/1step", 20, 1)):
         (only,) = client.get_metric_history(run.info.run_id, key)
-        assert (only.step, only.value) == (step, by_steps[step])
+        assert only.step == step
+        by_steps[step] = only.value
         teacher = run.data.metrics[f"teacher_gap/{steps}step"]
-        assert run.data.metrics[f"gap_ratio/{steps}step"] == pytest.approx(by_steps[step] / teacher, rel=1e-12)
+        assert run.data.metrics[f"gap_ratio/{steps}step"] == pytest.approx(only.value / teacher, rel=1e-12)
+    for key in ("gap", "teacher_gap", "gap_ratio", "fid", "kid", "pixel_fd"):
+        (only,) = client.get_metric_history(run.info.run_id, key)
+        assert only.step == 20 and only.value == pytest.approx(run.data.metrics[f"{key}/1step"], rel=1e-3)
+        assert only.value == float(f"{only.value:.4g}"), "4 significant digits"
     assert {"fid/1step", "kid/1step", "pixel_fd/2step"} <= set(run.data.metrics)
     assert "phase_steps" not in run.data.metrics and run.data.tags["steps"] == "1"
     (objective,) = client.get_metric_history(run.info.run_id, "objective")
@@ -295,7 +314,8 @@ def test_two_sweepers_on_one_study_prune_the_bad_trials_and_link_every_run_to_it
     for t in trials:
         run = by_trial[str(t.number)]
         assert float(run.data.params["distill.lr"]) == pytest.approx(t.params["distill.lr"])
-        gaps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "gap")}
+        gaps = {m.step: m.value for key in ("gap/2step", "gap/1step")
+                for m in client.get_metric_history(run.info.run_id, key)}
         # the intermediate values are the phases' gaps, at the same step = cumulative updates (10 per phase)
         assert t.intermediate_values == pytest.approx(gaps, rel=1e-12)
         if t in pruned:
@@ -312,6 +332,51 @@ def test_two_sweepers_on_one_study_prune_the_bad_trials_and_link_every_run_to_it
     assert f"| {pruned[0].number} | pruned after update 10 | 0.05 |" in summary.stdout
     ran = 10 * len(pruned) + 20 * (6 - len(pruned))
     assert f"distillation updates run: {ran} of 120 without pruning" in summary.stdout
+
+
+def test_a_sweep_stopped_by_sigterm_finishes_its_trials_when_started_again(store, mission):
+    """n_trials=2, SIGTERM while trial 1 trains (seen from its checkpoint, not by sleeping): its run ends
+    KILLED and the trial stays RUNNING, owned by a process that is gone. The same command takes it over:
+    trial 1's job resumes its own run, and the study ends with 2 complete trials, none RUNNING."""
+    storage = f"sqlite:///{store}/resume.db"
+    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
+    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+    command = [sys.executable, "-m", "sweeps.run", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+               "hydra.sweeper.params=null", "distill.mu_s=choice(0.6,0.7)", "+debug=tiny",
+               "distill.updates_per_phase=400", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resume",
+               f"hydra.sweep.dir={store}/resume", "distill.checkpoint_every=5"]
+    proc = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+
+    def trial_one_trains():
+        try:
+            trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
+        except KeyError:  # (not created yet)
+            return False
+        if len(trials) < 2:
+            return False
+        (run,) = runs(store, "tags.`optuna.study` = 'resume' and tags.`optuna.trial` = '1'") or [None]
+        return run is not None and "distill/loss" in run.data.metrics
+
+    while not trial_one_trains():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
+    (killed,) = runs(store, "tags.`optuna.study` = 'resume' and tags.`optuna.trial` = '1'")
+    assert killed.info.status == "KILLED"
+    states = [t.state for t in optuna.load_study(study_name="resume", storage=storage).get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+    again = subprocess.run(command, cwd=store, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming run {killed.info.run_id}" in again.stdout + again.stderr
+    trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2, "n_trials, none RUNNING"
+    students = runs(store, "tags.`optuna.study` = 'resume'")
+    assert sorted(r.data.tags["optuna.trial"] for r in students) == ["0", "1"], "one run per trial"
+    assert all(r.info.status == "FINISHED" for r in students)
+    assert MlflowClient().get_run(killed.info.run_id).info.status == "FINISHED", "trial 1 finished in its own run"
 
 
 def test_an_edm_job_end_to_end_and_teachers_of_one_family_refused_by_the_other(store, mission):
@@ -364,6 +429,9 @@ BAD_INPUTS = [
     ("eval.ancestral_gammas=[0.5,2]", "eval.ancestral_gammas must be a non-empty list of numbers in [0, 1]"),
     ("compile=maybe", "compile must be one of False, True; got 'maybe'"),
     ("tracking.uri=http://127.0.0.1:9", "tracking.uri=http://127.0.0.1:9: the tracking store does not answer"),
+    ("tracking.uri=postgresql://u:pw@127.0.0.1:9/db",  # (one attempt with a timeout: seconds, not a minute)
+     "tracking.uri=postgresql://u:***@127.0.0.1:9/db: the tracking store does not answer (ConnectionError: no "
+     "database answers at postgresql://u:***@127.0.0.1:9/db"),
     ("diffusion.family=ve", "diffusion.family must be one of vp, edm, ddpm; got 've'"),
     ("diffusion=edm diffusion.sigma_min=100", "diffusion.sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max"),
     ("diffusion=edm diffusion.sigma_min=0", "0 < sigma_min < sigma_max; got sigma_min=0"),

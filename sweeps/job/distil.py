@@ -17,10 +17,11 @@ def distil(s, run, teacher, data, ranks):
     from ..tracking.run_logger import logged_steps
     from .evaluation import PhaseEvaluation
     if not run.record.get("model_id"):
-        model = mlflow.initialize_logged_model(name="student", source_run_id=run.id, experiment_id=run.experiment_id,
-                                               params={k: str(v) for k, v in s.params.items()})  # (its page's params)
+        # (the client's call, not mlflow.initialize_logged_model: that makes it the active model, and the system
+        # metrics thread's first sample would link to it; only the final evaluation does)
+        model = mlflow.MlflowClient().create_logged_model(run.experiment_id, name="student", source_run_id=run.id,
+                                                          params={k: str(v) for k, v in s.params.items()})
         run.record.update(model_id=model.model_id)
-        mlflow.clear_active_model()  # only the final evaluation links to it
     reporter = RunReporter(mlflow.get_tracking_uri(), run.id, synchronous=not s.tracking.async_logging,
                            logged=logged_steps(run.id) if run.resumed else None,
                            evaluation=PhaseEvaluation(s.eval, s.seed), trial=s.trial,

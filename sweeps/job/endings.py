@@ -7,12 +7,17 @@
 - a tracking store away past `tracking.outage_limit_s`: the run stays as it is in the store, one line,
   exit 3; the same command resumes it;
 - a reused or resumed teacher that fails its checks (tampered weights), a checkpoint that cannot be read
-  (the core already falls back to the last readable one): FAILED, one line, exit 2.
+  (the core already falls back to the last readable one): FAILED, one line, exit 2;
+- a full disk (the job folder's or the store's): FAILED, one line naming both and their free space, exit 2;
+  resumable: once there is room the same command goes on from the last checkpoint, in the same run.
 The error goes on to the sweeper (a failed trial), except where the process exits.
 """
+import errno
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 from contextlib import contextmanager
 
 from ..common.errors import fail
@@ -22,6 +27,10 @@ log = logging.getLogger(__name__)
 
 class OutOfMemory(RuntimeError):
     """The device ran out of memory: one line with the batch size and the device's memory."""
+
+
+class DiskFull(OSError):
+    """No space left where the job writes: one line with the places and their free space."""
 
 
 @contextmanager
@@ -47,6 +56,29 @@ def endings(s, run):
         stop_for_outage(s, run, e)
     except (RegistryError, TeacherError, CheckpointError) as e:
         failed(run, e, resumable=False, line=True)
+    except Exception as e:  # noqa: BLE001 (a full disk surfaces as OSError, torch's RuntimeError, SQLAlchemy's errors)
+        if not disk_full(e):
+            raise
+        failed(run, DiskFull(disk_full_line(s, run)), resumable=True, line=True)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error`, or one it was raised from or while handling, is a full disk (or a full SQLite file)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC or "database or disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_line(s, run) -> str:
+    places = {"the job folder": Path(run.record.dir).resolve()}
+    uri = str(s.tracking.uri)
+    if uri.startswith("sqlite:///"):
+        places["the store"] = Path(uri[len("sqlite:///"):]).resolve().parent
+    free = "; ".join(f"{name} {path}: {shutil.disk_usage(path).free / 2 ** 20:.0f} MB free" for name, path in places.items())
+    return (f"no space left on the device ({free}); make room (or point DISTILL_SWEEPS_CACHE / tracking.uri "
+            f"elsewhere) and run the same command again: it goes on from the last checkpoint, in the same run")
 
 
 def failed(run, error: Exception, resumable: bool, line: bool = False) -> None:
@@ -54,11 +86,14 @@ def failed(run, error: Exception, resumable: bool, line: bool = False) -> None:
     import mlflow
 
     from ..tracking.store import flush
-    flush()
-    mlflow.set_tag("failure", str(error))
     if not resumable:
         run.record.update(status="FAILED")
-    mlflow.end_run("FAILED")
+    try:
+        flush()
+        mlflow.set_tag("failure", str(error))
+        mlflow.end_run("FAILED")
+    except Exception as e:  # noqa: BLE001 (a store that cannot write: the next command ends or resumes the run)
+        log.warning("the store could not record the failure (%s)", str(e).splitlines()[0] if str(e) else type(e).__name__)
     if line:
         fail(str(error))
     log.error("%s", error)

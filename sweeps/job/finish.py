@@ -18,8 +18,11 @@ def finish(s, run, result, version: str, teacher_ref) -> float:
         s.trial.report(value, total)
     mlflow.log_metric("objective", float(value), step=total)  # once: what the sweeper gets (param `objective` names it)
     teacher_run = mlflow.get_run(run.id).data.tags.get("teacher_run_id", "")
-    mlflow.set_tag("mlflow.note.content", describe_run(result, s.what, f"{s.registry.name}/{version}", teacher_ref,
-                                                       run.experiment_id, teacher_run))
+    note = describe_run(result, s.what, f"{s.registry.name}/{version}", teacher_ref, run.experiment_id, teacher_run,
+                        run.id)
+    mlflow.set_tag("mlflow.note.content", note)
+    if run.record.get("model_id"):  # the logged model's page shows the same description
+        mlflow.MlflowClient().set_logged_model_tags(run.record.get("model_id"), {"mlflow.note.content": note})
     run.record.update(status="FINISHED")
     print(summary(result, s, f"{s.registry.name}/{version}"), flush=True)
     if store.parent_run_id() is None:  # (a sweep prints its own link at its end)

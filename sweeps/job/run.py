@@ -34,10 +34,10 @@ def stages(s, ranks) -> float:
     from .teacher import acquire_teacher
     inputs = check_inputs(s)  # one line and exit 2 on bad input; nothing exists yet
     with owned(s, inputs.experiment_id), student_run(s, inputs) as run:  # one live owner; fresh, or resumed
-        with endings(s, run):  # divergence, a failed rank, out of memory, a tracking outage, a bad teacher
+        with endings(s, run):  # divergence, a failed rank, out of memory, a tracking outage, a bad teacher, a full disk
             teacher = acquire_teacher(s, run, inputs, ranks)
             result = distil(s, run, teacher.model, inputs.data, ranks)
-        if result.stopped_after is not None:
-            return record_pruned(s, run, result)
-        version = register(s, run, result, teacher.ref)
-        return finish(s, run, result, version, teacher.ref)
+            if result.stopped_after is not None:
+                return record_pruned(s, run, result)
+            version = register(s, run, result, teacher.ref)
+            return finish(s, run, result, version, teacher.ref)

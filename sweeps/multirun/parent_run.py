@@ -17,6 +17,26 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+def swept_keys(config: DictConfig) -> list:
+    """The keys this sweep varies: sweep overrides on the command line (`distill.mu_s=0.5,0.9`) and the
+    Optuna sweeper's search space (`hydra.sweeper.params`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    return list(dict.fromkeys([*keys, *(config.hydra.sweeper.get("params") or {})]))
+
+
+def publish_view(experiment_id: str, run_id: str, config: DictConfig) -> str:
+    """The sweep's own runs table (its jobs, its swept keys, best first): the key its link carries."""
+    from mlflow.tracking import MlflowClient
+
+    from ..tracking import view
+    key = f"sweep-{run_id[:12]}"
+    query = f"tags.sweep_id = '{run_id}' and tags.role = 'student'"
+    view.publish(MlflowClient(), experiment_id, key, view.sweep_view(query, swept_keys(config)))
+    return key
+
+
 class SweepParentRun(Callback):
     def __init__(self):
         self.run_id = None
@@ -47,7 +67,8 @@ class SweepParentRun(Callback):
                 raise
             fail(f"tracking.uri={config.tracking.uri}: user {store.user()} may not create runs in experiment "
                  f"{config.experiment_name} (403 {e.error_code}); ask its owner for EDIT access")
-        self.run_id, self.link = run.info.run_id, store.ui_link(str(config.tracking.uri), exp_id)
+        self.run_id = run.info.run_id
+        self.link = store.ui_link(str(config.tracking.uri), exp_id, share_key=publish_view(exp_id, self.run_id, config))
         self.exp_id, self.ended, self.interrupted = exp_id, False, False
         os.environ[store.PARENT_ENV] = self.run_id
         os.environ[store.SWEEP_ENV] = self.run_id

@@ -15,12 +15,19 @@ and `hydra/sweeper/sampler/*`), and replace the loop:
 - trials are asked under a lock held across every process sharing the study (a file lock next to a
   SQLite database, a PostgreSQL or MySQL advisory lock), so the study ends with exactly `n_trials`
   trials however many sweepers (same command, one or many machines) work on it. Optuna's own
-  `MaxTrialsCallback` can overshoot by one trial per extra worker, hence the lock.
+  `MaxTrialsCallback` can overshoot by one trial per extra worker, hence the lock;
+- a sweep stopped (Ctrl-C, SIGTERM, SIGKILL) leaves its trial RUNNING, owned by a process that is gone
+  (user attr `sweeper` = host:pid:start time). The same command, on the same machine, takes such a trial
+  over before asking a new one: the same trial number and parameters, so its job resumes its own run and
+  the study ends with its `n_trials`. (A trial owned by another machine is left to a sweeper there: from
+  here there is no telling whether that process still runs.)
 """
 import contextlib
 import functools
 import logging
 import math
+import os
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Optional
@@ -58,6 +65,28 @@ def config_problem(sweeper: DictConfig, launcher: DictConfig) -> Optional[str]:
     if not 0.0 <= float(sweeper.get("max_failure_rate", 1.0)) <= 1.0:
         return f"hydra.sweeper.max_failure_rate must be in [0, 1]; got {sweeper.get('max_failure_rate')}"
     return None
+
+
+OWNER = "sweeper"  # the trial's user attr: which process runs it
+
+
+def this_process() -> str:
+    import psutil
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.0f}"
+
+
+def orphaned(trial) -> bool:
+    """A RUNNING trial whose sweeper process, on this machine, is gone (its pid ended or was reused)."""
+    import optuna
+    import psutil
+    host, _, rest = str(trial.user_attrs.get(OWNER, "")).partition(":")
+    pid, _, started = rest.partition(":")
+    if trial.state != optuna.trial.TrialState.RUNNING or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.0f}" != started
+    except psutil.NoSuchProcess:
+        return True
 
 
 class OptunaSweeper(Sweeper):
@@ -142,10 +171,17 @@ class OptunaSweeper(Sweeper):
         import optuna
         with exclusive(self.storage, self.study_name):
             trials = self.study.get_trials(deepcopy=False)
+            orphan = next((t for t in trials if orphaned(t)), None)
+            if orphan is not None:  # its sweeper was stopped: this one runs it again (its job resumes)
+                self.study._storage.set_trial_user_attr(orphan._trial_id, OWNER, this_process())
+                log.info("trial %d: its sweeper (%s) is gone; running it again here", orphan.number,
+                         orphan.user_attrs[OWNER])
+                return optuna.trial.Trial(self.study, orphan._trial_id)
             waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
             if not waiting and len(trials) >= self.n_trials:
                 return None
             trial = self.study.ask(fixed_distributions=self.distributions)
+            trial.set_user_attr(OWNER, this_process())
         for name, value in self.fixed.items():
             trial.set_user_attr(name, value)
         if self.extend is not None:

@@ -113,6 +113,9 @@ class PruningCallback(Callback):
     def on_phase_metrics(self, phase, steps, update, metrics):
         self.inner.on_phase_metrics(phase, steps, update, metrics)
 
+    def on_save(self, name):
+        self.inner.on_save(name)
+
     def on_checkpoint(self, path, sha256, name):
         self.inner.on_checkpoint(path, sha256, name)
 

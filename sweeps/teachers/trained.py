@@ -5,10 +5,12 @@ data, the seed). The first job that needs a key takes a lock, trains the teacher
 its own, and registers it in `registry.teacher_name` with the key as a tag; every later job (or a
 concurrent one waiting on the lock) loads that version instead.
 """
+import contextlib
 import hashlib
 import json
 import logging
 from dataclasses import asdict
+from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -96,25 +98,31 @@ class TrainedTeacher:
             try:
                 teacher = ranks.run(teacher_task, data, tc, reporter, s.cache_dir / "teachers" / self.key / "train_state.pt")
             except Exception as e:  # the teacher's run ends FAILED with the reason (the `with` ends it)
-                mlflow.set_tag("failure", str(e))
+                from ..job.endings import disk_full
+                with contextlib.suppress(Exception):  # (a full store records nothing: the rerun finds it RUNNING)
+                    mlflow.set_tags({"failure": str(e), **({"resumable": "true"} if disk_full(e) else {})})
                 raise
             teacher.info["teacher_key"] = self.key
             version = registry.log_and_register(teacher, "teacher", s.registry.teacher_name, {
                 "teacher_key": self.key, "role": "teacher", "dataset": data.name, "preset": tc.preset,
                 "parameterization": tc.parameterization, "family": s.family}, run.info.run_id, pickle=s.registry.pickle,
                 step=tc.updates)
+            grid = log_samples(teacher, int(s.distill.schedule[0]), int(s.eval.grid_samples), s.seed)
             mlflow.set_tag("mlflow.note.content", f"**Teacher** {tc.preset} ({s.family}, {tc.parameterization}) on "
                            f"{data.name}, {tc.updates} updates, key `{self.key}`: registered as "
                            f"[{s.registry.teacher_name}/{version}]({TeacherRef(s.registry.teacher_name, version).page}"
-                           "?workflowType=machine_learning); every job with this teacher config reuses it.")
+                           "?workflowType=machine_learning); every job with this teacher config reuses it.\n\n"
+                           f"![its samples](get-artifact?path=samples%2F{grid}&run_uuid={run.info.run_id})")
             mlflow.flush_async_logging()
         return Acquired(teacher, TeacherRef(s.registry.teacher_name, str(version)))
 
     def teacher_run(self, experiment_id: str) -> tuple[str, bool]:
         """(run id, resumed): this key's interrupted teacher run, else a new one."""
         client, tc = MlflowClient(), self.s.teacher
-        interrupted = [r for status in ("RUNNING", "KILLED") for r in client.search_runs(
-            [experiment_id], f"tags.teacher_key = '{self.key}' and attributes.status = '{status}'", max_results=1)]
+        ended = ("attributes.status = 'RUNNING'", "attributes.status = 'KILLED'",  # (and FAILED on a full disk)
+                 "attributes.status = 'FAILED' and tags.resumable = 'true'")
+        interrupted = [r for status in ended for r in client.search_runs(
+            [experiment_id], f"tags.teacher_key = '{self.key}' and {status}", max_results=1)]
         if interrupted:
             log.info("continuing teacher run %s (key %s), whose process ended before it finished",
                      interrupted[0].info.run_id, self.key)
@@ -123,3 +131,24 @@ class TrainedTeacher:
         created = client.create_run(experiment_id, run_name=f"teacher {self.key}",
                                     tags={"role": "teacher", "teacher_key": self.key, "family": self.s.family})
         return created.info.run_id, False
+
+
+def log_samples(teacher, steps: int, count: int, seed: int) -> str:
+    """The teacher's own grid in its run (artifact `samples/`, image key `samples` at step 0), from the noise
+    its students' grids use (seed + 1): what it draws before anything is distilled from it."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from distill_core.images import save_grid
+    noise = torch.randn((max(count, 1), *teacher.data_shape), generator=torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        samples = teacher.sample(noise, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_grid(samples, Path(tmp) / f"teacher_{steps}steps.png")
+        mlflow.log_artifact(str(path), "samples")
+        mlflow.log_image(np.asarray(Image.open(path).convert("RGB")), key="samples", step=0)
+    return path.name
+

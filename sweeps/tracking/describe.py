@@ -13,12 +13,14 @@ def _ratio(metrics: dict):
 ML = "?workflowType=machine_learning"  # (MLflow 3's UI opens its GenAI view on links without it)
 
 
-def describe_run(result, what: str, version: str, teacher, experiment_id: str, teacher_run: str = "") -> str:
+def describe_run(result, what: str, version: str, teacher, experiment_id: str, teacher_run: str = "",
+                 run_id: str = "") -> str:
     """`what`: e.g. `tract vp, schedule 256-16-1`; `version`: the student's `NAME/VERSION`; `teacher`: its
     reference (`teachers.TeacherRef`: `.tag`, `.page`); `teacher_run`: the teacher's run id, if any.
     The headline and the links come first, in one paragraph (the UI shows the first lines of a collapsed
     description, and links under its fade do not respond); the phases are a fixed-width table in a code
-    block (MLflow's Markdown renders tables without cell spacing)."""
+    block (MLflow's Markdown renders tables without cell spacing); then the samples, teacher beside student
+    (`samples/overview.png`, served by the UI's own artifact route)."""
     last = result.phases[-1]
     m = last.metrics
     name, number = version.rsplit("/", 1)
@@ -32,4 +34,5 @@ def describe_run(result, what: str, version: str, teacher, experiment_id: str, t
         pm = p.metrics
         lines.append(f"{p.steps:>5}  {_f(pm.get('gap')):>8}  {_f(pm.get('teacher_gap')):>11}  {_f(_ratio(pm)):>9}  "
                      f"{_f(pm.get('pixel_fd')):>8}  {_f(pm.get('fid')):>7}")
-    return "\n".join(lines + ["```"])
+    figure = [f"![teacher beside student, each phase](get-artifact?path=samples%2Foverview.png&run_uuid={run_id})"]
+    return "\n".join(lines + ["```", ""] + (figure if run_id else []))

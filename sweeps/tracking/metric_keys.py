@@ -1,19 +1,38 @@
-"""Metric keys: each phase's evaluation under its own key and under its step-count key (`gap/1step`).
+"""Metric keys: each phase's evaluation under its step-count key (`gap/1step`), the run's result under the
+plain keys (`gap`), and the quality-vs-steps curve (`by_steps/gap`).
 
-The plain keys chart a run over its updates; the step-count keys compare like with like across runs;
-`gap_ratio` is the student's gap as a fraction of the teacher's at the same step count.
+The plain keys are logged once, with the final phase's values: logged per phase they drew a line from
+the 16-step evaluation to the 1-step one that read as "the gap got worse during training". They are the
+runs table's columns, rounded to 4 significant digits (MLflow's table prints every digit); full precision
+stays under the step-count keys. `gap_ratio` is the student's gap as a fraction of the teacher's at the
+same step count.
 """
+import math
 import re
 
 
-def step_count_keys(metrics: dict, steps: int) -> dict:
-    """A phase's evaluation as logged: each value under its own key (a run's chart over updates) and under
-    its step-count key (`gap/1step`: one chart compares like with like across runs), plus the student's
-    gap as a fraction of the teacher's at the same step count (`gap_ratio`)."""
+def with_ratio(metrics: dict) -> dict:
     out = {k: float(v) for k, v in metrics.items()}
     if out.get("gap") is not None and out.get("teacher_gap"):
         out["gap_ratio"] = out["gap"] / out["teacher_gap"]
-    return {**out, **{f"{k}/{steps}step": v for k, v in out.items()}}
+    return out
+
+
+def step_count_keys(metrics: dict, steps: int) -> dict:
+    """A phase's evaluation under its step-count keys (`gap/1step`: one chart compares like with like across
+    runs), the gap ratio included."""
+    return {f"{k}/{steps}step": v for k, v in with_ratio(metrics).items()}
+
+
+def headline_keys(metrics: dict) -> dict:
+    """The final phase's evaluation as the run's result: plain keys, 4 significant digits."""
+    return {k: round_significant(v) for k, v in with_ratio(metrics).items()}
+
+
+def round_significant(value: float, digits: int = 4) -> float:
+    if not math.isfinite(value) or value == 0:
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
 CURVE = "by_steps/"  # the papers' curve: quality against the number of sampling steps

@@ -66,29 +66,47 @@ def input_example(model):
 
 
 def log_and_register(model, name: str, registered_name: str, tags: dict, run_id: str, pickle: bool = False,
-                     model_id: str | None = None, step: int = 0) -> str:
+                     model_id: str | None = None, step: int | None = None) -> str:
     """Log `model` under the active run (into the logged model `model_id` when one was created for it)
     and register it; returns the new version number. `step`: the run's metrics at that step are linked to the
-    logged model (its last update: its final loss; not step 0, where only system metrics' first zeros are)."""
+    logged model (a teacher's last update: its final loss)."""
     uri, digest = log_model(model, name, pickle, model_id, step)
     return register_logged(uri, digest, name, registered_name, tags, run_id, pickle)
 
 
-def log_model(model, name: str, pickle: bool = False, model_id: str | None = None, step: int = 0) -> tuple[str, str]:
+NO_STEP = -1  # (MLflow's log_model links the run's metrics at its `step`, system metrics included: none at -1)
+
+
+def link_metrics(model_id: str, run_id: str, step: int) -> None:
+    """The run's metrics at `step` linked to the logged model, as MLflow's log_model would, but never
+    `system/*`: their steps count samples, not updates, and the model's page would list CPU and network."""
+    from mlflow.entities import Metric
+    client = MlflowClient()
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
+              for key in client.get_run(run_id).data.metrics if not key.startswith("system/")
+              for m in client.get_metric_history(run_id, key) if m.step == step and m.model_id is None]
+    if linked:
+        client.log_batch(run_id, metrics=linked)
+
+
+def log_model(model, name: str, pickle: bool = False, model_id: str | None = None,
+              step: int | None = None) -> tuple[str, str]:
     """(the logged model's uri, the weights' sha256)."""
     with tempfile.TemporaryDirectory() as tmp:
         weights, config, digest = write_files(model, Path(tmp))
         if pickle:
-            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", model_id=model_id, step=step,
+            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", model_id=model_id, step=NO_STEP,
                                             pip_requirements=PIP_REQUIREMENTS, extra_files=[str(weights), str(config)])
         else:
             with warnings.catch_warnings():  # (the signature and the example describe the input, not type hints)
                 warnings.filterwarnings("ignore", message=r"(?s).*Add type hints")
-                info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE), model_id=model_id, step=step,
+                info = mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_CODE), model_id=model_id, step=NO_STEP,
                                                pip_requirements=PIP_REQUIREMENTS, signature=signature(model),
                                                input_example=input_example(model),
                                                artifacts={"weights": str(weights), "config": str(config)})
     mlflow.clear_active_model()  # (log_model makes it the process's active model: later system metrics would link to it)
+    if step is not None and mlflow.active_run() is not None:
+        link_metrics(info.model_id, mlflow.active_run().info.run_id, step)
     return info.model_uri, digest
 
 

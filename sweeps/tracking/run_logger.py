@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from distill_core.callbacks import Callback
 
-from .metric_keys import CURVE, curve_keys, step_count_keys
+from .figure import overview
+from .metric_keys import CURVE, curve_keys, headline_keys, step_count_keys
 
 
 IMAGE_UPSCALE = 2  # the grids' 8x8 digits are drawn 32 px wide; the UI's image cards show them at 64
@@ -39,6 +40,12 @@ class Direct:
     def raise_if_stalled(self):
         pass
 
+    def stalled(self) -> float:
+        return 0.0
+
+    def drain(self, timeout=None) -> bool:
+        return True
+
     def close(self):
         pass
 
@@ -61,12 +68,21 @@ class RunLogger(Callback):
             self.out.metrics(fresh, int(step), model_id=model_id)
 
     def on_phase_metrics(self, phase, steps, update, metrics):
-        final = self.model_id if steps == self.final_steps else None
-        self.on_metrics(step_count_keys(metrics, steps), update, model_id=final)
+        final = steps == self.final_steps
+        self.on_metrics(step_count_keys(metrics, steps), update, model_id=self.model_id if final else None)
+        if final:  # the run's result (the runs table's columns): once, not a line across the phases
+            self.on_metrics(headline_keys(metrics), update, model_id=self.model_id)
         curve = {k: v for k, v in curve_keys(metrics).items() if steps < self.logged.get(k, float("inf"))}
         if curve:  # (step counts fall phase by phase: a resumed job has logged those at or above its lowest)
             self.out.metrics(curve, int(steps))
         self.out.call(lambda client: client.set_tag(self.run_id, "steps", str(steps)))  # the step count reached
+
+    def on_save(self, name):
+        """Everything reported so far reaches the store before the checkpoint is written: a `kill -9` after it
+        then loses no metric (the resume from it reports the updates after it again). Not while the store is
+        away: training goes on through an outage, and past its limit the job stops at a checkpoint."""
+        if not self.out.stalled():
+            self.out.drain(timeout=60)
 
     def on_checkpoint(self, path, sha256, name):
         if name.startswith("phase") or name == "teacher":
@@ -77,13 +93,24 @@ class RunLogger(Callback):
 
     def on_image(self, path, name, step=None):
         self.out.artifact(path, "samples")
-        if step is not None:  # MLflow's image view: key `samples` per phase (step slider), `teacher_samples`
-            import numpy as np
-            from PIL import Image
-            image = np.asarray(Image.open(path).convert("RGB"))
-            image = image.repeat(IMAGE_UPSCALE, axis=0).repeat(IMAGE_UPSCALE, axis=1)  # nearest: crisp digits
-            key = "teacher_samples" if name.startswith("samples_teacher") else "samples"
-            self.out.call(lambda client: client.log_image(self.run_id, image, key=key, step=int(step)))
+        if step is None:
+            return
+        # MLflow's image view: key `samples` per phase at its cumulative update (the step slider), starting at
+        # step 0 with the teacher's grid (the slider opens at 0: an empty card otherwise); `teacher_samples`
+        teacher = name.startswith("samples_teacher")
+        for key in ("teacher_samples", "samples") if teacher else ("samples",):
+            self._log_image(path, key, step)
+        if not teacher:  # teacher and students side by side, labelled: one PNG that reads in the artifact view
+            figure = overview(Path(path).parent, Path(path).parent / "overview.png")
+            if figure:
+                self.out.artifact(figure, "samples")
+
+    def _log_image(self, path, key: str, step: int) -> None:
+        import numpy as np
+        from PIL import Image
+        image = np.asarray(Image.open(path).convert("RGB"))
+        image = image.repeat(IMAGE_UPSCALE, axis=0).repeat(IMAGE_UPSCALE, axis=1)  # nearest: crisp digits
+        self.out.call(lambda client: client.log_image(self.run_id, image, key=key, step=int(step)))
 
     def on_phase_end(self, phase, steps, model, metrics):
         return self.extra_metrics(phase, steps, model) if self.extra_metrics else {}

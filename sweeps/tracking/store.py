@@ -12,6 +12,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from ..common.redaction import redact
+from . import view
 
 PARENT_ENV = "DISTILL_SWEEPS_PARENT_RUN_ID"
 SWEEP_ENV = "DISTILL_SWEEPS_SWEEP_ID"
@@ -25,13 +26,19 @@ def setup(uri: str, experiment_name: str) -> str:
     """
     if uri.startswith(("http://", "https://")):
         check_server(uri)
+    elif "://" in uri and not uri.startswith(("sqlite:", "file:")):
+        check_database(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment_name)  # creates the store's schema on first use
     if uri.startswith("sqlite:///"):
         enable_wal(uri[len("sqlite:///"):])
-    if exp is not None:
-        return exp.experiment_id
+    exp_id = exp.experiment_id if exp is not None else create_experiment(client, uri, experiment_name)
+    publish_view(client, exp_id)
+    return exp_id
+
+
+def create_experiment(client, uri: str, experiment_name: str) -> str:
     location = None
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):]).resolve()
@@ -42,13 +49,23 @@ def setup(uri: str, experiment_name: str) -> str:
         return client.get_experiment_by_name(experiment_name).experiment_id
 
 
-def ui_link(uri: str, experiment_id: str = "", page: str = "") -> str:
-    """Where to look: the experiment's runs table (MLflow 3's UI otherwise opens on its GenAI view),
-    or another `page` of the UI; for a database store, with the command that serves it."""
-    view = page or f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def publish_view(client, experiment_id: str) -> None:
+    """The runs table the printed link opens (`tracking.view`); a reader may not tag the experiment."""
+    try:
+        view.publish(client, experiment_id, view.EXPERIMENT_VIEW, view.state())
+    except mlflow.exceptions.MlflowException as e:
+        if not denied(e):
+            raise
+
+
+def ui_link(uri: str, experiment_id: str = "", page: str = "", share_key: str = view.EXPERIMENT_VIEW) -> str:
+    """Where to look: the experiment's runs table with the result's columns (`tracking.view`; MLflow 3's
+    UI otherwise opens on its GenAI view), or another `page` of the UI; for a database store, with the
+    command that serves it."""
+    page = page or f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={share_key}"
     if uri.startswith(("http://", "https://")):
-        return f"{redact(uri).rstrip('/')}/{view}"
-    return f"http://127.0.0.1:5000/{view} (after: mlflow ui --backend-store-uri {redact(uri)})"
+        return f"{redact(uri).rstrip('/')}/{page}"
+    return f"http://127.0.0.1:5000/{page} (after: mlflow ui --backend-store-uri {redact(uri)})"
 
 
 class AuthError(RuntimeError):
@@ -99,6 +116,22 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
             raise AuthError(f"tracking.uri={uri}: user {user()} may not read this server (403 Forbidden)") from None
     except OSError:
         pass  # MLflow's own calls report anything else
+
+
+def check_database(uri: str, timeout: int = 5) -> None:
+    """One connection attempt with a timeout (PostgreSQL, MySQL, ...): MLflow's store retries a closed port
+    for about a minute before its error."""
+    import sqlalchemy
+    args = {"connect_timeout": timeout} if uri.startswith(("postgresql", "mysql")) else {}
+    engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise ConnectionError(f"no database answers at {redact(uri)} ({reason})") from None
+    finally:
+        engine.dispose()
 
 
 def enable_wal(db_path: str) -> None:
