@@ -376,7 +376,12 @@ def test_a_sweep_stopped_by_sigterm_finishes_its_trials_when_started_again(store
     students = runs(store, "tags.`optuna.study` = 'resume'")
     assert sorted(r.data.tags["optuna.trial"] for r in students) == ["0", "1"], "one run per trial"
     assert all(r.info.status == "FINISHED" for r in students)
-    assert MlflowClient().get_run(killed.info.run_id).info.status == "FINISHED", "trial 1 finished in its own run"
+    resumed = MlflowClient().get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED", "trial 1 finished in its own run"
+    parent = mlflow.search_runs(experiment_names=["distill-sweeps"], filter_string="tags.role = 'sweep'",
+                                order_by=["attributes.start_time DESC"], output_format="list")[0]
+    assert resumed.data.tags["mlflow.parentRunId"] == resumed.data.tags["sweep_id"] == parent.info.run_id, \
+        "it belongs to the sweep that finished it (its table and ranking)"
 
 
 def test_an_edm_job_end_to_end_and_teachers_of_one_family_refused_by_the_other(store, mission):

@@ -61,6 +61,11 @@ def start(s, experiment_id: str, resume_id):
     nested, system = mlflow.active_run() is not None, bool(s.tracking.system_metrics)
     if resume_id:
         log.info("resuming run %s from %s", resume_id, s.job_dir)
+        parent = store.parent_run_id()
+        if parent:  # resumed by another sweep (the same command after a stop): it belongs to that sweep now
+            client = mlflow.MlflowClient()
+            client.set_tag(resume_id, "mlflow.parentRunId", parent)
+            client.set_tag(resume_id, "sweep_id", os.environ.get(store.SWEEP_ENV, parent))
         return mlflow.start_run(run_id=resume_id, nested=nested, log_system_metrics=system)
     tags = {"role": "student", "method": s.distill.method, "family": s.family, "git_commit": store.git_commit(),
             "overrides": " ".join(s.overrides), "sweep_id": os.environ.get(store.SWEEP_ENV, ""),

@@ -10,7 +10,7 @@ import json
 
 TAG_PREFIX = "mlflow.sharedViewState."
 EXPERIMENT_VIEW = "distill-sweeps"
-HEADLINE = ("gap", "teacher_gap", "gap_ratio", "fid", "objective")  # final values: the last phase's
+HEADLINE = ("gap", "teacher_gap", "gap_ratio", "fid")  # final values (the last phase's), rounded when logged
 PARAMS = ("distill.method", "distill.schedule", "distill.mu_s")
 
 
