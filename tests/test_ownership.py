@@ -9,12 +9,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import store
+from test_team import postgres  # noqa: F401  (the fixture: a real PostgreSQL server)
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_identical_jobs_started_together_one_trains_the_other_names_the_owner(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_identical_jobs_started_together_one_trains_the_other_names_the_owner(tmp_path, backend, request):
+    """On a SQLite file and on a PostgreSQL server (a real one, started for this module)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db" if backend == "sqlite" else f"{request.getfixturevalue('postgres')}/mlflow"
     store.setup(uri, "distill-sweeps")  # (the store exists first, as a sweep's driver makes it)
     env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": uri}
     env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
