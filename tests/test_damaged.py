@@ -144,3 +144,26 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_there_is_roo
     finally:
         mlflow.set_tracking_uri(None)
         subprocess.run(["umount", "-l", str(small)])
+
+
+def test_a_read_only_store_is_one_line_saying_so(tmp_path):
+    """A store on a filesystem mounted read-only: one line that says read-only (not "does not answer")."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a filesystem here (needs root)")
+    try:
+        subprocess.run([sys.executable, "-c", "from sweeps.tracking import store; "  # (its own process: no open file
+                        f"store.setup('sqlite:///{folder}/mlflow.db', 'distill-sweeps')"], check=True)  # keeps it busy)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"}
+        env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
+        proc = subprocess.run([sys.executable, "-m", "sweeps.run", *JOB], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 2
+        assert one_error(proc.stderr) == (f"error: tracking.uri=sqlite:///{folder}/mlflow.db: the store is read-only "
+                                          "(the file, its folder or its filesystem); point tracking.uri at a store "
+                                          "this user can write")
+    finally:
+        mlflow.set_tracking_uri(None)
+        subprocess.run(["umount", "-l", str(folder)])

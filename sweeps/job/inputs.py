@@ -46,4 +46,22 @@ def open_store(tracking) -> str:
         if store.denied(e):
             fail(f"tracking.uri={tracking.uri}: user {store.user()} may not use experiment {tracking.experiment} "
                  f"({e.error_code}); ask its owner for access")
-        fail(f"tracking.uri={tracking.uri}: the tracking store does not answer ({type(e).__name__}: {str(e)[:200]})")
+        reason = " ".join(str(e).split())
+        if "readonly database" in reason or read_only(str(tracking.uri)):
+            fail(f"tracking.uri={tracking.uri}: the store is read-only (the file, its folder or its filesystem); "
+                 f"point tracking.uri at a store this user can write")
+        reason = reason if len(reason) <= 200 else reason[:200].rsplit(" ", 1)[0] + " ..."  # (whole words)
+        fail(f"tracking.uri={tracking.uri}: the tracking store does not answer ({type(e).__name__}: {reason})")
+
+
+def read_only(uri: str) -> bool:
+    """A SQLite store this process cannot write: the file, its folder (SQLite's journal files) or a read-only mount."""
+    import os
+    if not uri.startswith("sqlite:///"):
+        return False
+    db = os.path.abspath(uri[len("sqlite:///"):])
+    folder = os.path.dirname(db)
+    if not os.path.isdir(folder):
+        return False
+    return (bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+            or (os.path.exists(db) and not os.access(db, os.W_OK)))
