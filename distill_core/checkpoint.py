@@ -15,9 +15,12 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj, path) -> str:
-    """torch.save to a temp file in the same folder, fsync, rename; returns the sha256."""
+    """torch.save to a temp file in the same folder, fsync, rename; returns the sha256. Temp files of this
+    checkpoint left by a killed writer (`kill -9` mid-write) are removed first: one process owns a job folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -24,8 +24,10 @@ def test_model_round_trip_and_sampling_is_deterministic(tmp_path):
 
 def test_corrupt_truncated_or_foreign_checkpoints_fail_clearly(tmp_path):
     path = tmp_path / "c.pt"
+    (tmp_path / ".c.pt.k1ll3d.tmp").write_bytes(b"")  # what a writer killed mid-write leaves
+    (tmp_path / ".other.pt.x.tmp").write_bytes(b"")  # another checkpoint's: not this save's business
     digest = save_atomic({"w": torch.ones(3)}, path)
-    assert digest == sha256(path) and not list(tmp_path.glob(".*tmp"))
+    assert digest == sha256(path) and [p.name for p in tmp_path.glob(".*tmp")] == [".other.pt.x.tmp"]
     assert torch.equal(load_checked(path, expected_sha256=digest)["w"], torch.ones(3))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
