@@ -35,6 +35,8 @@ def main(overrides: list) -> None:
     if problem:
         sys.exit(problem)
     import mlflow
+
+    from sweeps.tracking import view
     docs = ROOT / "docs"
     folder, reuse = None, False
     if overrides[:1] == ["--folder"]:
@@ -50,7 +52,7 @@ def main(overrides: list) -> None:
         parent = mlflow.search_runs(experiment_names=["distill-sweeps"], filter_string="tags.role = 'sweep'",
                                     order_by=["attributes.start_time DESC"], output_format="list")[0]
         link = (f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs?{ML}"
-                f"&viewStateShareKey=sweep-{parent.info.run_id[:12]}")  # (the link the sweep printed)
+                f"&viewStateShareKey={view.sweep_key(parent.info.run_id)}")  # (the link the sweep printed)
         best = mlflow.search_runs(experiment_names=["distill-sweeps"], order_by=["metrics.objective ASC"],
                                   filter_string=f"tags.sweep_id = '{parent.info.run_id}' and tags.role = 'student'",
                                   output_format="list")[0]

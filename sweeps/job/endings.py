@@ -17,8 +17,8 @@ import logging
 import os
 import shutil
 import sys
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 
 from ..common.errors import fail
 

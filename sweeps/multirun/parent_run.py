@@ -31,7 +31,7 @@ def publish_view(experiment_id: str, run_id: str, config: DictConfig) -> str:
     from mlflow.tracking import MlflowClient
 
     from ..tracking import view
-    key = f"sweep-{run_id[:12]}"
+    key = view.sweep_key(run_id)
     query = f"tags.sweep_id = '{run_id}' and tags.role = 'student'"
     view.publish(MlflowClient(), experiment_id, key, view.sweep_view(query, swept_keys(config)))
     return key

@@ -28,6 +28,11 @@ def state(params=PARAMS, search: str = "", order_by: str = "", ascending: bool =
             "selectedColumns": columns, "runListHidden": False, "viewMaximized": False}
 
 
+def sweep_key(parent_run_id: str) -> str:
+    """The share key of a sweep's own view (its link's `viewStateShareKey`)."""
+    return f"sweep-{parent_run_id[:12]}"
+
+
 def publish(client, experiment_id: str, key: str, view: dict) -> None:
     """Store the view on the experiment, where links carrying `viewStateShareKey=key` find it."""
     client.set_experiment_tag(experiment_id, TAG_PREFIX + key, json.dumps(view))
