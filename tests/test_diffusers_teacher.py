@@ -68,6 +68,28 @@ def test_a_diffusers_folder_is_read_as_a_ddpm_teacher_and_its_family_comes_with_
     assert check_inputs(settings(here, f"teacher.source=diffusers:{top_level}")).teacher_source.key == source.key
 
 
+def hub_cache(folder, cache, repo="acme/ddpm-digits", commit="0123456789abcdef0123456789abcdef01234567"):
+    """`folder` as huggingface-hub's cache holds a downloaded repo: a snapshot named by its commit, refs/main."""
+    storage = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, storage / "snapshots" / commit)
+    (storage / "refs").mkdir()
+    (storage / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_an_hf_id_is_read_from_the_hub_cache_offline_and_its_commit_is_recorded(here, folder, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(here / "hub"))
+    commit = hub_cache(folder, here / "hub")
+    local = check_inputs(settings(here, f"teacher.source=diffusers:{folder}")).teacher_source
+    for source in ("hf:acme/ddpm-digits", f"hf:acme/ddpm-digits@{commit}"):
+        hub = check_inputs(settings(here, f"teacher.source={source}")).teacher_source
+        assert hub.folder.revision == commit and hub.info()["revision"] == commit, source
+        assert hub.key == local.key and hub.sha256 == local.sha256, "the same weights and configs: the same teacher"
+    with pytest.raises(SystemExit):
+        check_inputs(settings(here, "teacher.source=hf:acme/ddpm-digits@" + "f" * 40))
+
+
 def test_bad_diffusers_teachers_are_one_line_and_exit_2_before_any_run(here, folder, capsys, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(here / "hf"))
     bin_only = edited(folder, here, "bin", drop=["unet/diffusion_pytorch_model.safetensors"])
