@@ -197,6 +197,9 @@ class OptunaSweeper(Sweeper):
         overrides = [f"{k}={v}" for k, v in params.items()] + list(self.fixed_overrides) + [f"+optuna.trial={trial.number}"]
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in params.items()))
         ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+        from ..tracking.signals import INTERRUPTED
+        if INTERRUPTED.is_set():  # Ctrl-C/SIGTERM reached the job, wherever it landed (its error may be another
+            raise KeyboardInterrupt("the sweep was stopped")  # one): stop; the trial stays RUNNING for the next sweep
         with self.lock:
             self.launched += 1
         state = self.study._storage.get_trial(trial._trial_id).state

@@ -16,7 +16,9 @@ def killed_on_interrupt():
         previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
-    except KeyboardInterrupt:
+    except BaseException as e:  # a signal can surface as another error (raised while a library handled it)
+        if not isinstance(e, KeyboardInterrupt) and not INTERRUPTED.is_set():
+            raise
         INTERRUPTED.set()
         flush()
         while mlflow.active_run() is not None:
