@@ -8,10 +8,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id would otherwise retry for ~24 s (nothing downloads in tests)
 if os.environ.get("PYTEST_XDIST_WORKER"):  # several test processes share the cores (-n): one thread each, and
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # in the jobs they start, or the threads' spinning starves them
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # a hub id would otherwise retry for ~24 s (nothing downloads in tests)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)
