@@ -13,10 +13,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # several test processes share the co
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # in the jobs they start, or the threads' spinning starves them
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+import processes  # noqa: E402  (after the environment above: the fork server inherits it)
+import services  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the test run; a test takes its own databases (`postgres.database(name)`)."""
+    yield from services.postgres_server()
 
 
 @pytest.fixture
@@ -33,3 +42,23 @@ def random_denoiser(dim_shape=(1, 4, 4), seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(dim_shape, generator=g) * 0.5
     return lambda z, t: torch.tanh(z * w + t.reshape(-1, *([1] * (z.dim() - 1))) - 0.3)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The product's commands start from a fork server (tests/processes.py): start it while the first tests run."""
+    if any(item.get_closest_marker("slow") for item in items):
+        processes.warm()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The five slowest tests (set-up, call and teardown together) at the end of every run, so that drift
+    shows in every CI log; tests/README.md says what each tier may cost."""
+    totals = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                totals[report.nodeid] = totals.get(report.nodeid, 0.0) + report.duration
+    if totals:
+        terminalreporter.section("five slowest tests (set-up + call + teardown)")
+        for nodeid, seconds in sorted(totals.items(), key=lambda kv: -kv[1])[:5]:
+            terminalreporter.write_line(f"{seconds:8.1f} s  {nodeid}")

@@ -2,16 +2,15 @@
 a real `mlflow server --app-name basic-auth` on 127.0.0.1 with an editor and a read-only user."""
 import os
 import secrets
-import subprocess
-import sys
 
 import mlflow
+import processes
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from services import start_mlflow_server, stop
 
 from sweeps import registry
-from test_team import start_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +24,9 @@ def server(tmp_path_factory):
     ini.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"  # private until granted
                    f"database_uri = sqlite:///{root}/auth.db\nadmin_username = admin\n"
                    f"admin_password = {passwords['admin']}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                   # (as docker/compose.yaml: a credential checked once a minute, not scrypt on every request)
+                   "auth_cache_ttl_seconds = 60\n")
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
     proc, url = start_mlflow_server(root, f"sqlite:///{root}/mlflow.db", "--app-name", "basic-auth", env=env)
     from mlflow.server.auth.client import AuthServiceClient
@@ -34,8 +35,7 @@ def server(tmp_path_factory):
         for user in ("editor", "reader"):
             admin.create_user(user, passwords[user])
     yield url, passwords
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 class credentials:
@@ -54,13 +54,7 @@ class credentials:
 
 
 def cli(module, args, url, tmp_path, user=None, password=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-    env.update(TQDM_DISABLE="1", MLFLOW_TRACKING_URI=url)
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    if user:
-        env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+    return processes.cli(module, args, tmp_path, uri=url, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
 
 
 def one_error(proc) -> str:

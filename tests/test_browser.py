@@ -5,10 +5,9 @@ step, the quality-vs-steps chart, the registry's description and alias, the logg
 Under CI=true a missing browser fails the suite instead of skipping."""
 import os
 import re
-import subprocess
-import sys
 
 import mlflow
+import processes
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -19,10 +18,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def cli(module, args, cwd):
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = processes.cli(module, args, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

@@ -3,27 +3,24 @@ itself and what to do, promote never gives an alias to tampered weights, SIGTERM
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
+import processes
 import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps import promote, registry
+from sweeps.tracking import store
 
 pytestmark = pytest.mark.slow
 
 JOB = ["+debug=tiny", "model.width=8", "tracking.system_metrics=false", "hydra.run.dir=outputs/job"]
 
 
-def run_cli(module, args, cwd, **kwargs):
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600, **kwargs)
+run_cli = processes.cli
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +63,9 @@ def test_promote_never_gives_the_alias_to_tampered_weights(finished, capsys):
 
 
 def test_sigterm_ends_a_job_with_one_line_and_its_run_killed(finished):
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{finished}/mlflow.db"}
     before = set(finished.glob(".distill-sweeps/jobs/*"))
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", *JOB[:-1], "distill.updates_per_phase=5000",
-                             "hydra.run.dir=outputs/long"], cwd=finished, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = processes.start("sweeps.run", [*JOB[:-1], "distill.updates_per_phase=5000", "hydra.run.dir=outputs/long"],
+                           finished, processes.environment(processes.sqlite(finished)))
     deadline = time.time() + 300
     while time.time() < deadline and not [p for p in finished.glob(".distill-sweeps/jobs/*/distill_latest.pt")
                                            if p.parent not in before]:
@@ -91,10 +86,7 @@ def test_a_teacher_killed_mid_training_is_continued_in_its_own_run(tmp_path):
     """SIGKILL during teacher training: the next command ends nothing RUNNING behind it; it continues that
     teacher run from the teacher's checkpoint (one teacher run, every loss step at most once)."""
     command = [*JOB[:-1], "teacher.updates=200", "teacher.checkpoint_every=50", "hydra.run.dir=outputs/teacher"]
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", *command], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = processes.start("sweeps.run", command, tmp_path, processes.environment(processes.sqlite(tmp_path)))
     deadline = time.time() + 300
     while time.time() < deadline and not list(tmp_path.glob(".distill-sweeps/teachers/*/train_state.pt")):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -153,13 +145,10 @@ def test_a_read_only_store_is_one_line_saying_so(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)], capture_output=True).returncode:
         pytest.skip("cannot mount a filesystem here (needs root)")
     try:
-        subprocess.run([sys.executable, "-c", "from sweeps.tracking import store; "  # (its own process: no open file
-                        f"store.setup('sqlite:///{folder}/mlflow.db', 'distill-sweeps')"], check=True)  # keeps it busy)
+        # (in a process of its own: no open file of this one keeps the store busy at the remount)
+        processes.call(store.setup, f"sqlite:///{folder}/mlflow.db", "distill-sweeps")
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"}
-        env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-        proc = subprocess.run([sys.executable, "-m", "sweeps.run", *JOB], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = processes.cli("sweeps.run", JOB, tmp_path, uri=processes.sqlite(folder))
         assert proc.returncode == 2
         assert one_error(proc.stderr) == (f"error: tracking.uri=sqlite:///{folder}/mlflow.db: the store is read-only "
                                           "(the file, its folder or its filesystem); point tracking.uri at a store "

@@ -11,6 +11,7 @@ import sys
 
 import mlflow
 import numpy as np
+import processes
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -126,10 +127,11 @@ def test_bad_diffusers_teachers_are_one_line_and_exit_2_before_any_run(here, fol
 # --- end to end, in real processes ---
 
 def run_cli(module, args, cwd, timeout=900):
-    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    return subprocess.run([sys.executable, *(["-m", module] if module else []), *args], cwd=cwd, capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    if module:
+        return processes.cli(module, args, cwd, timeout=timeout, HF_HUB_OFFLINE="1")
+    # a plain diffusers script, as a user runs it: its own fresh interpreter
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=processes.environment(processes.sqlite(cwd), HF_HUB_OFFLINE="1"))
 
 
 @pytest.fixture(scope="module")

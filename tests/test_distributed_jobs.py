@@ -1,15 +1,14 @@
-"""`devices=2` jobs end to end (real subprocesses, gloo): the same registered student as `devices=1`, a
+"""`devices=2` jobs end to end (real processes, gloo): the same registered student as `devices=1`, a
 killed job resumed to the same weights, and the same job under submitit-local, as two cluster tasks.
 
 The distillation lr is 3e-5 so that the reduction order (two half-batch means vs one full-batch mean)
 cannot flip Adam's first, sign-like updates by more than the tolerance (see test_distributed.py).
 """
 import signal
-import subprocess
-import sys
 import time
 
 import mlflow
+import processes
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -23,9 +22,8 @@ ARGS = ["+debug=tiny", "device=cpu", "distill.lr=3e-5", "distill.schedule=[8,4,2
         "distill.checkpoint_every=5", "distill.log_every=5"]
 
 
-def sweeps_run(args, cwd, **kwargs):
-    return subprocess.run([sys.executable, "-m", "sweeps.run", *args], cwd=cwd, env=env_for(cwd), capture_output=True,
-                          text=True, timeout=900, **kwargs)
+def sweeps_run(args, cwd):
+    return processes.cli("sweeps.run", args, cwd)
 
 
 def students(store):
@@ -84,9 +82,8 @@ def test_a_killed_worker_then_a_killed_job_both_resume_to_the_uninterrupted_weig
     mid-phase-two checkpoint, in the same MLflow run, and ends with the uninterrupted run's weights."""
     import psutil
     store, runs = pair
-    cmd = [sys.executable, "-m", "sweeps.run", "devices=2", *ARGS, "hydra.run.dir=outputs/job"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = ["devices=2", *ARGS, "hydra.run.dir=outputs/job"]
+    proc = processes.start("sweeps.run", cmd, tmp_path, env_for(tmp_path))
     wait_for(proc, tmp_path, lambda at: at[0] == 0 and at[1] > 0, "a mid-phase-one checkpoint")
     workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
     assert len(workers) == 2, [c.cmdline() for c in psutil.Process(proc.pid).children()]
@@ -98,8 +95,7 @@ def test_a_killed_worker_then_a_killed_job_both_resume_to_the_uninterrupted_weig
     [run] = students(tmp_path)
     assert run.info.status == "FAILED" and run.data.tags["failure"].startswith("devices=2: rank ")
 
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = processes.start("sweeps.run", cmd, tmp_path, env_for(tmp_path))
     wait_for(proc, tmp_path, lambda at: at[0] == 1 and at[1] > 0, "a mid-phase-two checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()

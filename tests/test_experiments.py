@@ -1,8 +1,5 @@
 """The papers' ablations as ready sweeps, and the report that reads them back."""
-import os
-import subprocess
-import sys
-
+import processes
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -42,22 +39,19 @@ def test_experiment_composes_and_names_only_real_keys(name, scale):
 
 
 def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    sweep = subprocess.run([sys.executable, "-m", "sweeps.run", "-m", "+experiment=tract_mu_s", "+debug=tiny",
-                            "distill.mu_s=0.5,0.9", "eval.kid=true", f"hydra.sweep.dir={tmp_path}/sweep"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    uri = processes.sqlite(tmp_path)
+    sweep = processes.cli("sweeps.run", ["-m", "+experiment=tract_mu_s", "+debug=tiny", "distill.mu_s=0.5,0.9",
+                                         "eval.kid=true", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     import mlflow
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_tracking_uri(uri)
     client = mlflow.tracking.MlflowClient()
     # a third trial, as an Optuna pruner leaves it (sweeps.job.pruned.record_pruned): KILLED with pruned_at_phase
     pruned = mlflow.search_runs(experiment_names=["ablation-tract_mu_s"], output_format="list",
                                 filter_string="params.`distill.mu_s` = '0.9'")[0].info.run_id
     client.set_tag(pruned, "pruned_at_phase", "1")
     client.set_terminated(pruned, "KILLED")
-    report = subprocess.run([sys.executable, "-m", "sweeps.report", "tract_mu_s", "--out", str(tmp_path / "reports")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    report = processes.cli("sweeps.report", ["tract_mu_s", "--out", str(tmp_path / "reports")], tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in (tmp_path / "reports" / "tract_mu_s" / "tract_mu_s.md").read_text().splitlines()
@@ -75,8 +69,7 @@ def test_report_fills_the_cells_it_has_and_marks_the_rest_missing(tmp_path):
     reports = mlflow.search_runs(experiment_names=["ablation-tract_mu_s"], filter_string="tags.role = 'report'",
                                  output_format="list")
     assert len(reports) == 1
-    missing = subprocess.run([sys.executable, "-m", "sweeps.report", "btd_vs_tract", "--out", str(tmp_path / "r2")],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    missing = processes.cli("sweeps.report", ["btd_vs_tract", "--out", str(tmp_path / "r2")], tmp_path)
     assert missing.returncode == 0 and "missing" in missing.stdout  # no runs: gaps, not a crash
 
 

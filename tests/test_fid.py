@@ -27,12 +27,12 @@ def evaluator(real, tmp_path, n, weights, **kw):
 
 def test_fid_small_for_a_disjoint_split_large_for_noise_and_kid_of_a_set_with_itself_is_zero(digits, weights, tmp_path):
     train, test = digits
-    ev = evaluator(train, tmp_path, 64, weights)
-    same = ev.metrics_of(fid.RealImages(test.uint8_images()[:64]))
-    noise = ev.metrics_of(fid.RealImages(torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)))
+    ev = evaluator(train, tmp_path, 32, weights)
+    same = ev.metrics_of(fid.RealImages(test.uint8_images()[:32]))
+    noise = ev.metrics_of(fid.RealImages(torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)))
     assert same["fid"] < 0.5 * noise["fid"], (same, noise)
     assert same["kid"] < 0.25 * noise["kid"]
-    assert same["fid_num_samples"] == 64
+    assert same["fid_num_samples"] == 32
     itself = ev.metrics_of(ev.real)
     # KID is unbiased, so a set against itself scatters around 0 (subsets are drawn independently)
     assert abs(itself["kid"]) < 0.05 * noise["kid"] and itself["fid"] < 1e-2 * noise["fid"]
@@ -40,8 +40,8 @@ def test_fid_small_for_a_disjoint_split_large_for_noise_and_kid_of_a_set_with_it
 
 def test_reference_statistics_are_cached_per_sample_count(digits, weights, tmp_path):
     train, test = digits
-    probe = fid.RealImages(test.uint8_images()[:32])
-    ev = evaluator(train, tmp_path, 32, weights, kid=False)
+    probe = fid.RealImages(test.uint8_images()[:16])
+    ev = evaluator(train, tmp_path, 16, weights, kid=False)
     first = ev.metrics_of(probe)
     cached = sorted((tmp_path / "fidcache").glob("*"))
     assert any(ev.cache_name in p.name for p in cached)
@@ -51,12 +51,12 @@ def test_reference_statistics_are_cached_per_sample_count(digits, weights, tmp_p
         def __getitem__(self, i):
             raise AssertionError("the reference images were read again instead of their cached statistics")
 
-    again = evaluator(train, tmp_path, 32, weights, kid=False)
+    again = evaluator(train, tmp_path, 16, weights, kid=False)
     again.real = Unreadable(again.real.images)
     second = again.metrics_of(probe)
     assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
     assert {p: p.stat().st_mtime_ns for p in cached} == mtimes, "the cached statistics were not recomputed"
-    other = evaluator(train, tmp_path, 48, weights, kid=False)
+    other = evaluator(train, tmp_path, 24, weights, kid=False)
     assert other.cache_name != ev.cache_name
     other.metrics_of(probe)
     assert len(list((tmp_path / "fidcache").glob("*"))) > len(cached)

@@ -5,14 +5,13 @@ report and jumps work on it. The store was made by that commit's own code
 A job's key is its resolved config: a change that adds or renames a config key changes every job's key, so
 this test then says so (the killed job is not resumed): decide whether in-flight jobs may restart, and
 remake the store with the commit before the change."""
-import os
 import sqlite3
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import mlflow
+import processes
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -38,11 +37,9 @@ def unpack(folder: Path) -> None:
 
 
 def run_cli(module: str, args: list, cwd: Path):
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    for key in ("MLFLOW_TRACKING_URI", "DISTILL_SWEEPS_CACHE", "DISTILL_SWEEPS_PARENT_RUN_ID"):
-        env.pop(key, None)  # the defaults, as the store was made with: the job keys depend on them
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    # the defaults, as the store was made with: the job keys depend on them
+    env = processes.environment(MLFLOW_TRACKING_URI=None, DISTILL_SWEEPS_CACHE=None)
+    return processes.run(module, args, cwd, env, timeout=600)
 
 
 def test_a_store_of_the_flat_layout_resumes_reuses_promotes_and_reports(tmp_path, capsys):

@@ -1,30 +1,22 @@
 """One job, one owner: two identical jobs started together on one store, exactly one trains; the other
 exits 2 with one line naming the owner and touches nothing (issue: concurrent jobs shared a run)."""
-import os
-import subprocess
-import sys
-
 import mlflow
+import processes
 import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import store
-from test_team import postgres  # noqa: F401  (the fixture: a real PostgreSQL server)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_identical_jobs_started_together_one_trains_the_other_names_the_owner(tmp_path, backend, request):
-    """On a SQLite file and on a PostgreSQL server (a real one, started for this module)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db" if backend == "sqlite" else f"{request.getfixturevalue('postgres')}/mlflow"
+    """On a SQLite file and on a PostgreSQL server (the test run's, a database of its own)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db" if backend == "sqlite" else request.getfixturevalue("postgres").database("owners")
     store.setup(uri, "distill-sweeps")  # (the store exists first, as a sweep's driver makes it)
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": uri}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    command = [sys.executable, "-m", "sweeps.run", "+debug=tiny", "model.width=8", "tracking.system_metrics=false",
-               "hydra.run.dir=outputs/job"]
-    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    command = ["+debug=tiny", "model.width=8", "tracking.system_metrics=false", "hydra.run.dir=outputs/job"]
+    procs = [processes.start("sweeps.run", command, tmp_path, processes.environment(uri)) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert sorted(p.returncode for p in procs) == [0, 2], [err[-2000:] for _, err in outputs]
     owner = next(p for p in procs if p.returncode == 0)

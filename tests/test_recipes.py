@@ -2,6 +2,7 @@
 (tc_distill.py), written out below in its own float64 arithmetic on the same batch, times and noise."""
 import copy
 
+import processes
 import pytest
 import torch
 
@@ -120,8 +121,8 @@ def test_tract_mltract_first_update_is_mltracts(setup):
 
 @pytest.mark.slow
 def test_both_reference_presets_run_end_to_end(tmp_path):
-    from test_sweeps import run_cli, runs
-    proc = run_cli("sweeps.run", ["-m", "distill=tract_mltract,btd_pd", "+debug=tiny", "distill.batch_size=16",
+    from test_sweeps import runs
+    proc = processes.cli("sweeps.run", ["-m", "distill=tract_mltract,btd_pd", "+debug=tiny", "distill.batch_size=16",
                                   f"hydra.sweep.dir={tmp_path}/multirun"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     students = {r.data.tags["method"]: r for r in runs(tmp_path) if r.data.tags.get("method")}

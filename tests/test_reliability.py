@@ -2,15 +2,15 @@
 server outage neither stops training nor loses a metric; a sweep stopped by a signal ends KILLED."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import mlflow
 import optuna
+import processes
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from services import start_mlflow_server, stop
 
 from sweeps import registry
 
@@ -21,9 +21,7 @@ TINY = ["+debug=tiny", "distill.schedule=[8,4,2,1]", "distill.updates_per_phase=
 
 
 def env_for(path):
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{path}/mlflow.db"}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    return env
+    return processes.environment(processes.sqlite(path))
 
 
 def checkpoint_at(job_dir):
@@ -52,17 +50,15 @@ def wait_for(proc, job_dir, condition, what):
 def test_sigkill_in_phase_two_then_rerun_continues_the_same_run(tmp_path):
     twin_dir, job_dir = tmp_path / "twin", tmp_path / "job"
     twin_dir.mkdir(), job_dir.mkdir()
-    cmd = [sys.executable, "-m", "sweeps.run", *TINY]
-    twin = subprocess.run(cmd, cwd=twin_dir, env=env_for(twin_dir), capture_output=True, text=True, timeout=600)
+    twin = processes.cli("sweeps.run", TINY, twin_dir)
     assert twin.returncode == 0, twin.stderr[-2000:]
 
-    proc = subprocess.Popen(cmd, cwd=job_dir, env=env_for(job_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = processes.start("sweeps.run", TINY, job_dir, env_for(job_dir))
     wait_for(proc, job_dir, lambda at: at[0] == 1 and at[1] > 0, "a mid-phase-two checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
-    rerun = subprocess.run(cmd, cwd=job_dir, env=env_for(job_dir), capture_output=True, text=True, timeout=600)
+    rerun = processes.cli("sweeps.run", TINY, job_dir)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming run" in rerun.stdout + rerun.stderr
 
@@ -89,12 +85,11 @@ def test_sigkill_in_phase_two_then_rerun_continues_the_same_run(tmp_path):
 
 def test_a_diverged_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    proc = subprocess.run(
-        [sys.executable, "-m", "sweeps.run", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
-         "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null", "+debug=tiny",
-         "distill.inject_nan_at=3,null", "distill.mu_s=0.5,0.9", f"hydra.sweeper.storage={storage}",
-         "hydra.sweeper.study_name=diverge", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=600)
+    proc = processes.cli(
+        "sweeps.run", ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+                       "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null", "+debug=tiny",
+                       "distill.inject_nan_at=3,null", "distill.mu_s=0.5,0.9", f"hydra.sweeper.storage={storage}",
+                       "hydra.sweeper.study_name=diverge", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = optuna.load_study(study_name="diverge", storage=storage).get_trials()
     states = sorted(t.state.name for t in trials)
@@ -109,10 +104,9 @@ def test_a_diverged_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
 
 
 def test_four_parallel_jobs_on_the_default_sqlite_store_all_finish(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "sweeps.run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-         "distill.mu_s=0.1,0.2,0.3,0.4", "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=900)
+    proc = processes.cli(
+        "sweeps.run", ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+                       "distill.mu_s=0.1,0.2,0.3,0.4", "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "database is locked" not in proc.stdout + proc.stderr
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
@@ -130,7 +124,6 @@ def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_
     2. with `tracking.outage_limit_s=3`: a second job stops with one line after its next checkpoint
        (exit 3), keeping what it could not deliver; its rerun, with the server back, resumes in the same
        run and delivers it: every loss value arrives once."""
-    from test_team import start_mlflow_server
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     backend = f"sqlite:///{server_dir}/mlflow.db"
@@ -139,8 +132,7 @@ def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_
     # (MLflow's own HTTP retries would make each attempt minutes long; the outbox's retry covers the outage)
     env = {**env_for(tmp_path), "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    cmd = [sys.executable, "-m", "sweeps.run", *TINY, "tracking.system_metrics_interval=1"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = processes.start("sweeps.run", [*TINY, "tracking.system_metrics_interval=1"], tmp_path, env)
     try:
         wait_for(proc, tmp_path, lambda at: at[0] >= 1, "phase one's checkpoint")
         server.terminate()
@@ -161,10 +153,9 @@ def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_
 
         second = tmp_path / "second"  # (its own job folder; the registered teacher is reused)
         second.mkdir()
-        cmd = [sys.executable, "-m", "sweeps.run", *TINY, "tracking.outage_limit_s=3", "tracking.system_metrics=false",
-               "experiment_name=outage-limit"]
+        cmd = [*TINY, "tracking.outage_limit_s=3", "tracking.system_metrics=false", "experiment_name=outage-limit"]
         env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        proc = subprocess.Popen(cmd, cwd=second, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = processes.start("sweeps.run", cmd, second, env)
         wait_for(proc, second, lambda at: at[0] >= 1, "phase one's checkpoint")
         server.terminate()
         server.wait(timeout=30)
@@ -174,7 +165,7 @@ def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_
         assert len(errors) == 1 and "has not answered for" in errors[0] and "run the same command again" in errors[0]
         assert list(second.glob(".distill-sweeps/jobs/*/undelivered_metrics.jsonl")), "the kept metrics are on disk"
         server, _ = start_mlflow_server(server_dir, backend, port=port)
-        rerun = subprocess.run(cmd, cwd=second, env=env, capture_output=True, text=True, timeout=600)
+        rerun = processes.run("sweeps.run", cmd, second, env, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "resuming run" in rerun.stdout + rerun.stderr
         finished_with_every_metric(url, "outage-limit")
@@ -200,9 +191,8 @@ def finished_with_every_metric(url, experiment):
 
 
 def test_a_sweep_stopped_by_sigterm_ends_its_parent_and_running_child_killed(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.run", "-m", "distill.mu_s=0.5,0.9", *TINY[:-1],
-                             "distill.updates_per_phase=2000", "hydra.sweep.dir=multirun"],
-                            cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = processes.start("sweeps.run", ["-m", "distill.mu_s=0.5,0.9", *TINY[:-1], "distill.updates_per_phase=2000",
+                                          "hydra.sweep.dir=multirun"], tmp_path, env_for(tmp_path))
     try:
         wait_for(proc, tmp_path, lambda at: at[1] > 0, "a distillation checkpoint")
         proc.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""The product's front door, end to end: real subprocesses, a real SQLite MLflow store and a
+"""The product's front door, end to end: real processes (tests/processes.py), a real SQLite MLflow store and a
 real SQLite Optuna storage in a temporary folder (issue: sweeps)."""
 import json
 import os
@@ -9,6 +9,7 @@ import time
 
 import mlflow
 import optuna
+import processes
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -18,11 +19,7 @@ from sweeps import registry
 pytestmark = pytest.mark.slow
 
 
-def run_cli(module, args, cwd, timeout=900):
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    env.pop(f"DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=timeout)
+run_cli = processes.cli
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +214,7 @@ def test_the_champion_samples_through_pyfunc_and_a_real_serving_process(store, m
     import urllib.request
 
     import numpy as np
-    from test_team import free_port
+    from services import free_port
     client = MlflowClient()
     try:
         champion = client.get_model_version_by_alias("distill-students", "champion")
@@ -287,13 +284,11 @@ def test_two_sweepers_on_one_study_prune_the_bad_trials_and_link_every_run_to_it
     study = optuna.create_study(study_name="prune", storage=storage)
     for lr in (good, good, bad, good, bad, good):
         study.enqueue_trial({"distill.lr": lr})
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    command = [sys.executable, "-m", "sweeps.run", "-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=median",
+    command = ["-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=median",
                "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.n_trials=6", "hydra.sweeper.params=null",
                f"distill.lr=choice({good},{bad})", "+debug=tiny", f"hydra.sweeper.storage={storage}",
                "hydra.sweeper.study_name=prune", f"hydra.sweep.dir={store}/prune"]
-    procs = [subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [processes.start("sweeps.run", command, store, processes.environment(processes.sqlite(store)))
              for _ in range(2)]
     outputs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outputs):
@@ -339,13 +334,11 @@ def test_a_sweep_stopped_by_sigterm_finishes_its_trials_when_started_again(store
     KILLED and the trial stays RUNNING, owned by a process that is gone. The same command takes it over:
     trial 1's job resumes its own run, and the study ends with 2 complete trials, none RUNNING."""
     storage = f"sqlite:///{store}/resume.db"
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    command = [sys.executable, "-m", "sweeps.run", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+    command = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
                "hydra.sweeper.params=null", "distill.mu_s=choice(0.6,0.7)", "+debug=tiny",
-               "distill.updates_per_phase=400", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resume",
-               f"hydra.sweep.dir={store}/resume", "distill.checkpoint_every=5"]
-    proc = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               "distill.updates_per_phase=150", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resume",
+               f"hydra.sweep.dir={store}/resume", "distill.checkpoint_every=20"]
+    proc = processes.start("sweeps.run", command, store, processes.environment(processes.sqlite(store)))
     deadline = time.time() + 600
 
     def trial_one_trains():
@@ -368,7 +361,7 @@ def test_a_sweep_stopped_by_sigterm_finishes_its_trials_when_started_again(store
     assert killed.info.status == "KILLED"
     states = [t.state for t in optuna.load_study(study_name="resume", storage=storage).get_trials()]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
-    again = subprocess.run(command, cwd=store, env=env, capture_output=True, text=True, timeout=900)
+    again = run_cli("sweeps.run", command, store)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming run {killed.info.run_id}" in again.stdout + again.stderr
     trials = optuna.load_study(study_name="resume", storage=storage).get_trials()

@@ -1,103 +1,35 @@
-"""Team set-up: a real PostgreSQL and a real `mlflow server` on 127.0.0.1, parallel launchers,
-and the docker files (issue: scale out). PostgreSQL tests skip, saying why, where Debian's server
-is not installed (`scripts/setup.sh` installs it where apt works)."""
-import glob
+"""Team set-up: a real PostgreSQL (the test run's: tests/services.py) and a real `mlflow server` on 127.0.0.1,
+parallel launchers, and the docker files (issue: scale out). PostgreSQL tests skip, saying why, where Debian's
+server is not installed (`scripts/setup.sh` installs it where apt works)."""
 import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import optuna
+import processes
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from services import start_mlflow_server, stop
 
 from sweeps import registry
 
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def as_postgres(cmd):
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    if not PG_BIN:
-        pytest.skip("PostgreSQL server not installed (apt-get install postgresql; scripts/setup.sh does it)")
-    bin_dir = Path(PG_BIN[-1])
-    root = Path(tempfile.mkdtemp(prefix="distill-pg-"))  # pytest's tmp folders are root-only (0700)
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    port = free_port()
-    subprocess.run(as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
-                   check=True, capture_output=True)
-    subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                                f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
-                   check=True, capture_output=True)
-    try:
-        for db in ("mlflow", "optuna"):
-            subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db],
-                           check=True, capture_output=True)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def start_mlflow_server(root: Path, backend: str, *extra, env=None, port=None):
-    """A real `mlflow server` on 127.0.0.1 serving artifacts from `root`; (process, url) once it answers."""
-    port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *extra, "--backend-store-uri", backend,
-                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            env=env, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(postgres, tmp_path_factory):
-    proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), f"{postgres}/mlflow")
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), postgres.database("mlflow"))
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def run(args, cwd, uri, timeout=900):
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": uri}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    return subprocess.run([sys.executable, "-m", "sweeps.run", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return processes.cli("sweeps.run", args, cwd, uri=uri, timeout=timeout)
 
 
 def test_parallel_optuna_sweep_against_a_server_on_postgresql(postgres, mlflow_server, tmp_path):
-    storage = f"{postgres}/optuna"
+    storage = postgres.database("team")
     proc = run(["-m", "hydra/sweeper=optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                 "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=team",
                 f"hydra.sweeper.storage={storage}", "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"],
@@ -125,13 +57,11 @@ def test_no_password_reaches_the_store_or_the_logs(postgres, tmp_path):
     """A job with a SQLite tracking store and an OPTUNA_STORAGE that carries a password (the server
     trusts 127.0.0.1 and ignores it): the password is nowhere in params, tags, artifacts or logs."""
     secret = "S3cret-pw"
-    storage = postgres.replace("postgres@", f"postgres:{secret}@", 1) + "/optuna"
+    storage = postgres.database("redacted").replace("postgres@", f"postgres:{secret}@", 1)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "TQDM_DISABLE": "1", "MLFLOW_TRACKING_URI": uri, "OPTUNA_STORAGE": storage}
-    env.pop("DISTILL_SWEEPS_PARENT_RUN_ID", None)
-    proc = subprocess.run([sys.executable, "-m", "sweeps.run", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1",
-                           "hydra.sweeper.study_name=redacted", "+debug=tiny", f"hydra.sweep.dir={tmp_path}/sweep"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = processes.cli("sweeps.run", ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1",
+                                        "hydra.sweeper.study_name=redacted", "+debug=tiny",
+                                        f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path, OPTUNA_STORAGE=storage)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert optuna.load_study(study_name="redacted", storage=storage).get_trials()[0].state.name == "COMPLETE"
     assert secret not in proc.stdout + proc.stderr
@@ -198,7 +128,7 @@ def test_the_study_lock_admits_one_holder_at_a_time(kind, request, tmp_path):
     import time
 
     from sweeps.common.locks import exclusive as study_lock
-    storage = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else f"{request.getfixturevalue('postgres')}/optuna"
+    storage = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else request.getfixturevalue("postgres").database("lock")
     events = []
     with study_lock(storage, "s"):
         second = threading.Thread(target=lambda: [events.append("waiting"), study_lock(storage, "s").__enter__(),

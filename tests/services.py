@@ -1,0 +1,104 @@
+"""Real servers the tests share: one PostgreSQL per test run (each test its own databases), `mlflow server`
+processes on 127.0.0.1. PostgreSQL skips, saying why, where Debian's server is not installed
+(`scripts/setup.sh` installs it where apt works)."""
+import glob
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(cmd):
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+class Postgres:
+    """A PostgreSQL server of this test run; `database(name)` creates a fresh database and gives its URL."""
+
+    def __init__(self, bin_dir: Path, root: Path, port: int):
+        self.bin_dir, self.root, self.port = bin_dir, root, port
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+        self._numbers = itertools.count()
+
+    @classmethod
+    def start(cls):
+        bin_dir = Path(PG_BIN[-1])
+        root = Path(tempfile.mkdtemp(prefix="distill-pg-"))  # pytest's tmp folders are root-only (0700)
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres")
+        server = cls(bin_dir, root, free_port())
+        subprocess.run(as_postgres([str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres",
+                                    "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+        subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w",
+                                    "-o", f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1", "start"]),
+                       check=True, capture_output=True)
+        return server
+
+    def database(self, name: str) -> str:
+        """A new, empty database (its name made unique in this run): its SQLAlchemy URL."""
+        unique = f"{name}_{next(self._numbers)}"
+        subprocess.run([str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                        unique], check=True, capture_output=True)
+        return f"{self.url}/{unique}"
+
+    def stop(self):
+        subprocess.run(as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postgres_server():
+    """The session's PostgreSQL (a generator for a session-scoped fixture)."""
+    if not PG_BIN:
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql; scripts/setup.sh does it)")
+    server = Postgres.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def start_mlflow_server(root: Path, backend: str, *extra, env=None, port=None):
+    """A real `mlflow server` on 127.0.0.1 serving artifacts from `root`; (process, url) once it answers."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *extra, "--backend-store-uri", backend,
+                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            env=env, stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+
+
+def stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
