@@ -208,6 +208,27 @@ def default_num_samples(device: str) -> int:
     return 50_000 if device == "cuda" else 1000
 
 
+def frechet_distance(real: dict, features: torch.Tensor) -> float:
+    """FID between reference statistics (`mu`, `sigma`) and a set of k features: torch-fidelity's formula
+    (TTUR's), |mu_r - mu|^2 + tr(S_r) + tr(S) - 2 tr sqrt(S_r S), with S the features' covariance. When
+    k <= d (2048), S = X X^T / (k - 1) for the centred features X (d x k), and S_r S has the nonzero
+    eigenvalues of the symmetric k x k matrix X^T S_r X / (k - 1): the same trace from an eigvalsh of k x k
+    instead of a general eig of d x d (1.5 s a call on a CPU; the same value up to that eig's round-off)."""
+    import numpy as np
+    from torch_fidelity import metric_fid
+    x = features.numpy()
+    k, d = x.shape
+    if k > d:
+        stats = metric_fid.fid_features_to_statistics(features)
+        return float(metric_fid.fid_statistics_to_metric(real, stats, False)[metric_fid.KEY_METRIC_FID])
+    mu = np.mean(x, axis=0)
+    centred = (x - mu).astype(np.float64)
+    small = centred @ real["sigma"] @ centred.T / (k - 1)
+    root_trace = np.sqrt(np.clip(np.linalg.eigvalsh((small + small.T) / 2), 0, None)).sum()
+    diff = real["mu"] - mu
+    return float(diff.dot(diff) + np.trace(real["sigma"]) + (centred ** 2).sum() / (k - 1) - 2 * root_trace)
+
+
 def extrapolate_fid(fid_full: float, fid_half: float, k: int, n: int = 50_000) -> float:
     """apple/ml-tract's `approximate_fid` (lib/eval/fid.py): FID(m) ~ a + c / m through FID at k samples
     and the median FID of half-size subsets, evaluated at n: fid + (fid_half - fid) (k / n - 1)."""
@@ -236,6 +257,7 @@ class Evaluator:
         tag = "tf2015" if self.weights is None else ("tf2015" if "6726825d" in Path(self.weights).name else "fidhelper")
         self.cache_name = f"{cache_name}-{EXTRACTOR}-{tag}-n{n_ref}-s{seed}"
         self.cache_root = cache_root
+        self._extractor = None
 
     def protocol(self) -> dict:
         """What makes two FIDs comparable, as tags: sample count, reference set and its hash, the
@@ -259,62 +281,73 @@ class Evaluator:
         return cls(data.uint8_images(), f"{data.name}-train-{h}x{w}", fid=fid, kid=kid, num_samples=num_samples,
                    weights=weights, device=device, seed=seed, **kw)
 
-    def metrics_of(self, input1, seed: Optional[int] = None) -> dict:
-        import torch_fidelity
+    def fidelity_kwargs(self, seed: Optional[int] = None) -> dict:
+        """torch-fidelity's arguments for one evaluation against the reference set (`calculate_metrics` takes
+        them as they are, with `input1`)."""
         n = self.num_samples
-        seed = self.seed if seed is None else seed
         kwargs = dict(input2=self.real, input2_cache_name=self.cache_name, fid=self.fid, kid=self.kid, isc=False,
                       cuda=self.device == "cuda", batch_size=self.batch_size, verbose=False,
                       feature_extractor=EXTRACTOR, feature_extractor_weights_path=self.weights,
                       # subsets of half the count, so KID's std over subsets means something at small n
-                      kid_subset_size=max(2, min(1000, n // 2, len(self.real) // 2)), rng_seed=seed,
+                      kid_subset_size=max(2, min(1000, n // 2, len(self.real) // 2)),
+                      rng_seed=self.seed if seed is None else seed,
                       save_cpu_ram=self.device != "cuda")  # no DataLoader worker processes on a CPU
         if self.cache_root:
             kwargs["cache_root"] = self.cache_root
+        return kwargs
+
+    def feature_extractor(self):
+        """The Inception network, built once per evaluator: torch-fidelity's `calculate_metrics` builds it (and
+        reads its 95 MB of weights) on every call, ~2.5 s each on a CPU, so the steps below are its own, in its
+        own functions, with the network kept."""
+        if self._extractor is None:
+            from torch_fidelity import utils
+            kwargs = self.fidelity_kwargs()
+            layers = sorted({utils.resolve_feature_layer_for_metric(m, **kwargs) for m in ("fid", "kid") if kwargs[m]})
+            self._extractor = utils.create_feature_extractor(utils.resolve_feature_extractor(**kwargs), layers, **kwargs)
+        return self._extractor
+
+    def __getstate__(self):  # (travels to a data-parallel job's rank 0 without the network)
+        return {**self.__dict__, "_extractor": None}
+
+    def metrics_of(self, input1, seed: Optional[int] = None) -> dict:
+        """FID (and its extrapolation) and KID of `input1` (a Dataset of uint8 images or a generator) from one pass
+        of its features, as torch-fidelity's `calculate_metrics` computes them."""
+        from torch_fidelity import metric_fid, metric_kid, utils
+        n, seed = self.num_samples, self.seed if seed is None else seed
+        kwargs = dict(self.fidelity_kwargs(seed), input1=input1)
         if not isinstance(input1, torch.utils.data.Dataset):
             kwargs["input1_model_num_samples"] = n
-        if self.extrapolate and self.fid:
-            return self._with_extrapolation(input1, kwargs, n, seed)
-        raw = torch_fidelity.calculate_metrics(input1=input1, **kwargs)
+        extractor = self.feature_extractor()
+        fake_dict = utils.extract_featuresdict_from_input_id(1, extractor, **kwargs)  # one pass of the samples
         out = {}
         if self.fid:
-            out["fid"] = raw["frechet_inception_distance"]
+            layer = utils.resolve_feature_layer_for_metric("fid", **kwargs)
+            real = metric_fid.fid_input_id_to_statistics_cached(2, extractor, layer, **kwargs)
+
+            def fid_of(features):
+                return frechet_distance(real, features)
+
+            out["fid"] = fid_of(fake_dict[layer])
+            if self.extrapolate:
+                out.update(self._extrapolated(fake_dict[layer], fid_of, out["fid"], seed))
         if self.kid:
-            out["kid"], out["kid_std"] = raw["kernel_inception_distance_mean"], raw["kernel_inception_distance_std"]
+            layer = utils.resolve_feature_layer_for_metric("kid", **kwargs)
+            real_dict = utils.extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+            raw = metric_kid.kid_featuresdict_to_metric(fake_dict, real_dict, layer, **kwargs)
+            out["kid"], out["kid_std"] = raw[metric_kid.KEY_METRIC_KID_MEAN], raw[metric_kid.KEY_METRIC_KID_STD]
         out["fid_num_samples"] = float(n)  # FID is biased at small counts: always record the count
         return out
 
-    def _with_extrapolation(self, input1, kwargs: dict, n: int, seed: int) -> dict:
-        """FID from one pass of features: the full set, the median of 5 random half subsets, and the
-        extrapolation (torch-fidelity's own feature, statistics and distance functions)."""
+    def _extrapolated(self, fake, fid_of, full: float, seed: int) -> dict:
+        """The median FID of 5 random half subsets, and ml-tract's extrapolation through it."""
         import numpy as np
-        from torch_fidelity import metric_fid, metric_kid, utils
-        kwargs = dict(kwargs, input1=input1)
-        layer = utils.resolve_feature_layer_for_metric("fid", **kwargs)
-        kid_layer = utils.resolve_feature_layer_for_metric("kid", **kwargs)
-        extractor = utils.create_feature_extractor(utils.resolve_feature_extractor(**kwargs),
-                                                   sorted({layer, kid_layer}), **kwargs)
-        fake_dict = utils.extract_featuresdict_from_input_id(1, extractor, **kwargs)  # one pass of the samples
-        real = metric_fid.fid_input_id_to_statistics_cached(2, extractor, layer, **kwargs)
-
-        def fid_of(features):
-            stats = metric_fid.fid_features_to_statistics(features)
-            return float(metric_fid.fid_statistics_to_metric(real, stats, False)[metric_fid.KEY_METRIC_FID])
-
-        fake = fake_dict[layer]
         k = fake.shape[0]
         rng = np.random.default_rng(seed)
-        full = fid_of(fake)
         half = float(np.median([fid_of(fake[torch.from_numpy(rng.choice(k, k // 2, replace=False))])
                                 for _ in range(5)]))
-        out = {"fid": full, "fid_half_median": half,
-               f"fid_{self.extrapolate_to // 1000}k_extrapolated": extrapolate_fid(full, half, k, self.extrapolate_to),
-               "fid_num_samples": float(n)}
-        if self.kid:
-            real_dict = utils.extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
-            raw = metric_kid.kid_featuresdict_to_metric(fake_dict, real_dict, kid_layer, **kwargs)
-            out["kid"], out["kid_std"] = raw[metric_kid.KEY_METRIC_KID_MEAN], raw[metric_kid.KEY_METRIC_KID_STD]
-        return out
+        return {"fid_half_median": half,
+                f"fid_{self.extrapolate_to // 1000}k_extrapolated": extrapolate_fid(full, half, k, self.extrapolate_to)}
 
     def __call__(self, model, steps: int) -> dict:
         sets = [self.metrics_of(sampler_generator(model, steps, self.batch_size), seed=self.seed + k)

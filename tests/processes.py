@@ -34,7 +34,8 @@ PRELOAD = ["torch", "torchvision", "mlflow", "mlflow.tracking", "mlflow.pyfunc",
            "sweeps.run", "sweeps.job.run", "sweeps.job.distil", "sweeps.job.teacher", "sweeps.job.register",
            "sweeps.job.student_run", "sweeps.job.finish", "sweeps.job.endings", "sweeps.job.inputs",
            "sweeps.multirun.sweeper", "sweeps.multirun.parent_run", "sweeps.tracking.registry", "sweeps.promote",
-           "sweeps.report", "sweeps.jumps", "distill_core.distill", "distill_core.teacher", "distill_core.fid"]
+           "sweeps.report", "sweeps.jumps", "sweeps.ranks.launch", "sweeps.ranks.tasks", "distill_core.distill",
+           "distill_core.teacher", "distill_core.fid"]
 
 _CONTEXT = None
 

@@ -76,17 +76,29 @@ def test_devices_2_registers_the_student_that_devices_1_registers(pair):
     assert "teacher/loss" in teacher_run.data.metrics and teacher_run.info.status == "FINISHED"
 
 
+def ranks_of(pid):
+    """A job's rank processes: forked by its fork server (the job's child; CPU ranks), or spawned by the job."""
+    import psutil
+    found = []
+    for child in psutil.Process(pid).children():
+        line = " ".join(child.cmdline())
+        if "spawn_main" in line:
+            found.append(child)
+        elif "forkserver import main" in line:
+            found.extend(child.children())
+    return found
+
+
 def test_a_killed_worker_then_a_killed_job_both_resume_to_the_uninterrupted_weights(pair, tmp_path):
     """A worker SIGKILLed in phase one: the job fails with one line and stays resumable. The rerun is
     itself SIGKILLed (job process) in phase two: its workers die with it. The third run resumes from the
     mid-phase-two checkpoint, in the same MLflow run, and ends with the uninterrupted run's weights."""
-    import psutil
     store, runs = pair
     cmd = ["devices=2", *ARGS, "hydra.run.dir=outputs/job"]
     proc = processes.start("sweeps.run", cmd, tmp_path, env_for(tmp_path))
     wait_for(proc, tmp_path, lambda at: at[0] == 0 and at[1] > 0, "a mid-phase-one checkpoint")
-    workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
-    assert len(workers) == 2, [c.cmdline() for c in psutil.Process(proc.pid).children()]
+    workers = ranks_of(proc.pid)
+    assert len(workers) == 2, [c.cmdline() for c in psutil.Process(proc.pid).children(recursive=True)]
     workers[-1].kill()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0

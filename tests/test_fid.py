@@ -105,9 +105,16 @@ def test_seed_sets_extrapolation_and_protocol_tags(digits, weights, tmp_path):
     two = evaluator(train, tmp_path, 16, weights, kid=False, seeds=2, extrapolate=True)
     out = two(model, 1)
     assert out["fid_seeds"] == 2 and out["fid"] == out["fid_min"] < out["fid_mean"]
-    # set 0 through torch-fidelity's own path (no extrapolation): the same samples, the same FID
-    plain = evaluator(train, tmp_path, 16, weights, kid=False)(model, 1)
-    assert plain["fid"] in (pytest.approx(out["fid_min"], rel=1e-4),
+    # one seed set through our path (a kept Inception network), then through torch-fidelity's own
+    # `calculate_metrics` with the same arguments: the same samples, the same FID and KID
+    import torch_fidelity
+    one = evaluator(train, tmp_path, 16, weights)
+    plain = one(model, 1)
+    theirs = torch_fidelity.calculate_metrics(input1=fid.sampler_generator(model, 1), input1_model_num_samples=16,
+                                              **one.fidelity_kwargs())
+    assert plain["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-5)
+    assert plain["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-5, abs=1e-9)
+    assert plain["fid"] in (pytest.approx(out["fid_min"], rel=1e-4),  # (the first of the two seed sets)
                             pytest.approx(2 * out["fid_mean"] - out["fid_min"], rel=1e-4))
     # extrapolation is linear in (FID, half-subset FID), so the sets' mean extrapolates their means
     assert out["fid_50k_extrapolated_mean"] == pytest.approx(
@@ -117,3 +124,15 @@ def test_seed_sets_extrapolation_and_protocol_tags(digits, weights, tmp_path):
     assert "extrapolated to 50000" in tags["fid.protocol"] and tags["fid.weights_sha256"] == sha256(weights)[:16]
     assert tags["fid.reference_sha256"] == evaluator(train, tmp_path, 16, weights).protocol()["fid.reference_sha256"]
     assert tags["fid.reference_sha256"] != evaluator(train, tmp_path, 32, weights).protocol()["fid.reference_sha256"]
+
+
+def test_the_frechet_distance_of_a_few_features_is_torch_fidelitys():
+    """`fid.frechet_distance` takes the trace of the square root from a k x k matrix when k <= d: the same FID as
+    torch-fidelity's d x d computation (d = 64 here), on either side of k = d."""
+    from torch_fidelity import metric_fid
+    g = torch.Generator().manual_seed(0)
+    real = metric_fid.fid_features_to_statistics(torch.randn(300, 64, generator=g))
+    for k in (2, 16, 64, 65, 200):
+        features = torch.randn(k, 64, generator=g) * 1.3 + 0.2
+        theirs = metric_fid.fid_statistics_to_metric(real, metric_fid.fid_features_to_statistics(features), False)
+        assert fid.frechet_distance(real, features) == pytest.approx(theirs[metric_fid.KEY_METRIC_FID], rel=1e-6), k

@@ -5,7 +5,8 @@ checks, its MLflow run, the teacher lookup, registration. Each training (a teach
 is a *task*, `fn(placement, device, *args)`, which `Ranks.run` executes:
 - `devices=1`: in the job process itself (the single-device path, unchanged);
 - `devices=N` in one job process: N workers started by torch's elastic launcher
-  (`torch.distributed.launcher`, c10d rendezvous on 127.0.0.1; gloo on CPU, NCCL on CUDA);
+  (`torch.distributed.launcher`, c10d rendezvous on 127.0.0.1; gloo on CPU, NCCL on CUDA; CPU workers forked
+  from a fork server that imported the training code once, GPU workers spawned);
 - the job running as several SLURM (or submitit-local) tasks, one per rank: the process group is
   initialised once from the cluster's environment (submitit's `TorchDistributedEnvironment`); task 0
   is the job process and sends each task, with its arguments, to the other tasks, which run it too.
@@ -72,10 +73,10 @@ def _run_on_rank(fn, device: str, args):
 
 
 @record  # the failing rank's error reaches the launcher (and our one line)
-def _elastic_worker(fn, kind: str, threads: int, args):
+def _elastic_worker(fn, kind: str, threads: int, args, job_pid: int):
     """One rank started by the elastic launcher (env: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
     import torch.distributed as dist
-    _die_with_parent()
+    _die_with_job(job_pid)
     local_rank = int(os.environ["LOCAL_RANK"])
     if kind == "cpu":
         torch.set_num_threads(threads)  # N processes share the cores instead of oversubscribing them
@@ -93,14 +94,36 @@ def _elastic_worker(fn, kind: str, threads: int, args):
         dist.destroy_process_group()
 
 
-def _die_with_parent() -> None:
-    """A killed job takes its workers with it (Linux): no orphan rank goes on writing checkpoints."""
+def _die_with_job(job_pid: int) -> None:
+    """A killed job takes its workers with it (Linux): no orphan rank goes on writing checkpoints. A spawned rank
+    is the job's child: the kernel kills it when its parent dies (PR_SET_PDEATHSIG). A rank forked by the fork
+    server is the server's child, and the server lives on while a rank does: a thread waits on the job's pidfd."""
+    import signal
     try:
         import ctypes
-        import signal
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() == job_pid:
+        return
+    import select
+    import threading
+    try:
+        job = os.pidfd_open(job_pid)
+    except ProcessLookupError:  # gone already
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (OSError, AttributeError):  # no pidfd here (old kernel): look every half second
+        job = None
+
+    def watch():
+        if job is not None:
+            select.select([job], [], [])  # readable when the job has exited
+        else:
+            while os.path.exists(f"/proc/{job_pid}"):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-job", daemon=True).start()
 
 
 def _secondary(message: str) -> bool:
@@ -125,6 +148,23 @@ def _failure_line(devices: int, error) -> str:
     if not what or what.startswith("To enable traceback") or "Signal" in what or failure.exitcode < 0:
         what = f"exited with code {failure.exitcode}" + (f" ({what})" if what else "")
     return f"devices={devices}: rank {rank} failed: {what[:300]}"
+
+
+# What a CPU rank imports before its first step: its fork server imports it once per job (the job's teacher
+# and its distillation are two launches of N ranks each; a fresh interpreter per rank costs ~8 s of CPU).
+RANK_PRELOAD = ["torch", "torch.distributed", "mlflow", "sweeps.ranks.launch", "sweeps.ranks.tasks",
+                "distill_core.distill", "distill_core.teacher", "sweeps.tracking.run_logger", "sweeps.tracking.outbox"]
+
+
+def start_method(kind: str) -> str:
+    """CPU ranks are forked from a fork server that has imported the training code (`RANK_PRELOAD`), not
+    spawned as fresh interpreters; GPU ranks keep `spawn`, the start method NCCL jobs are known to work with.
+    A rank's parent is then the fork server, not the job: `_die_with_job` watches the job itself."""
+    if kind == "cuda":
+        return "spawn"
+    import multiprocessing
+    multiprocessing.set_forkserver_preload(RANK_PRELOAD)
+    return "forkserver"
 
 
 class Ranks:
@@ -170,13 +210,13 @@ class Ranks:
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=self.devices, run_id=uuid.uuid4().hex[:12],
                               rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.2,
-                              start_method="spawn")
+                              start_method=start_method(self.kind))
         threads = max(1, (os.cpu_count() or 1) // self.devices)
         quiet = logging.getLogger("torch.distributed.elastic")
         level, quiet.level = quiet.level, logging.CRITICAL  # our one line replaces its tracebacks
         log.info("training on %d ranks (%s)", self.devices, "NCCL" if self.kind == "cuda" else "gloo")
         try:
-            results = elastic_launch(config, _elastic_worker)(fn, self.kind, threads, args)
+            results = elastic_launch(config, _elastic_worker)(fn, self.kind, threads, args, os.getpid())
         except ChildFailedError as e:
             raise WorkerError(_failure_line(self.devices, e)) from None
         finally:

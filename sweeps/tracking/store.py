@@ -156,6 +156,11 @@ def git_commit() -> str:
 
 
 def flush() -> None:
+    """Deliver MLflow's own asynchronous logging, if this process tracks anything (a rank that reported nothing
+    must not create the default store in its working folder)."""
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+    if not is_tracking_uri_set():
+        return
     try:
         mlflow.flush_async_logging()
     except Exception:  # nothing pending / older clients
