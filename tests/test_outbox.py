@@ -129,3 +129,53 @@ def test_what_was_reported_before_a_checkpoint_is_in_the_store_before_it_is_writ
     assert [m.step for m in client.get_metric_history(run_id, "distill/loss")] == [1, 2, 3, 4, 5]
     assert client.get_run(run_id).data.tags["update"] == "5"
     logger.close()
+
+
+class BlackHole:
+    """A port that accepts connections and never answers (a hung server, a half-open network path)."""
+
+    def __init__(self):
+        import socket
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def close(self):
+        self.server.close()
+
+
+def test_a_store_that_stops_answering_never_holds_the_training_thread_past_the_outbox_bound(run, monkeypatch):
+    """A real MLflow client whose store accepts and never answers (MLflow's own HTTP retries and timeouts at
+    their defaults, minutes): before a checkpoint the training thread waits at most the outbox's `answer_s`
+    from the attempt's start, then goes on; the outbox records the wait and counts the outage from that attempt."""
+    from mlflow.tracking import MlflowClient as Client
+
+    from sweeps.tracking.run_logger import RunLogger
+    hole = BlackHole()
+    try:
+        box = Outbox("0" * 32, outage_limit_s=60, retry_s=0.05, answer_s=0.5, client=Client(hole.url))
+        logger = RunLogger("0" * 32, outbox=box)
+        logger.on_metrics({"distill/loss": 1.0}, 1)
+        logger.on_save("distill_latest.pt")
+        (why, waited, ended), = box.waits
+        assert why == "before checkpoint distill_latest.pt" and ended.startswith("the store does not answer")
+        bound = box.answer_s  # a wait ends within `answer_s` of the hung attempt's start (itself before the wait)
+        assert waited <= 2 * bound, box.waits
+        assert not box.answering() and box.stalled() >= box.answer_s, "the hung attempt is the outage's start"
+        logger.on_metrics({"distill/loss": 0.5}, 2)
+        logger.on_save("distill_latest.pt")
+        assert box.waits[-1][1] <= 2 * bound and box.waits[-1][2].startswith("the store does not answer")
+    finally:
+        hole.close()
+
+
+def test_a_store_that_answers_is_waited_for_before_a_checkpoint_and_the_wait_is_recorded(run):
+    client, run_id = run
+    from sweeps.tracking.run_logger import RunLogger
+    logger = RunLogger(run_id, outbox=Outbox(run_id, retry_s=0.05, client=SlowStore(client)))
+    logger.on_metrics({"distill/loss": 1.0}, 1)
+    logger.on_save("distill_latest.pt")
+    assert logger.out.waits[-1][0] == "before checkpoint distill_latest.pt" and logger.out.waits[-1][2] == "delivered"
+    assert [m.step for m in client.get_metric_history(run_id, "distill/loss")] == [1]
+    logger.close()

@@ -7,6 +7,13 @@ store does not answer (a tracking server restarting, a network cut) is retried e
 until it goes through, so an outage neither stalls training nor loses a metric; files are hard-linked
 (else copied) when queued, so a checkpoint rewritten meanwhile is uploaded as it was.
 
+The training thread never waits on a store that does not answer. It waits only where a guarantee needs it
+(`settle`: before a checkpoint, everything reported so far is in the store), and only while the store answers
+promptly: a delivery attempt in flight for `answer_s` (a few seconds), or one that failed, ends the wait at
+once. MLflow's own HTTP retries can keep one attempt going for minutes, so the outbox does not wait to be told
+by a failure: an attempt that has not answered within `answer_s` counts as the start of an outage. Every wait
+is recorded (`waits`, and a line in the job's log file: how long, why, how it ended).
+
 How long an outage may last is the job's choice (`tracking.outage_limit_s`): past it, `stalled()`
 says so and the job stops after its next checkpoint, with one line; what is still queued is written
 to a file the resumed job delivers first (`replay`).
@@ -25,6 +32,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+waits_log = logging.getLogger("tracking.waits")  # (not one of the console's loggers: the job's log file only)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch
 
@@ -35,9 +43,13 @@ class TrackingOutage(RuntimeError):
 
 class Outbox:
     def __init__(self, run_id: str, outage_limit_s: float = 600.0, retry_s: float = 2.0, tracking_uri=None,
-                 client=None):
-        """`client`: what delivers (default: an MlflowClient of `tracking_uri`, made in the delivering thread)."""
+                 client=None, answer_s: float = 5.0):
+        """`client`: what delivers (default: an MlflowClient of `tracking_uri`, made in the delivering thread);
+        `answer_s`: how long one delivery attempt may take before the store counts as not answering."""
         self.run_id, self.outage_limit_s, self.retry_s = run_id, float(outage_limit_s), float(retry_s)
+        self.answer_s = float(answer_s)
+        self._attempt_since = None  # monotonic start of the delivery attempt in flight
+        self.waits = []  # (why, seconds, how it ended): every time the training thread waited on the outbox
         self.tracking_uri, self.client = tracking_uri, client
         self._queue: "queue.Queue" = queue.Queue()
         self._pending = 0  # queued, not yet delivered
@@ -70,9 +82,35 @@ class Outbox:
         self._put(("artifact", (staged, folder)))
 
     def stalled(self) -> float:
-        """Seconds the current outage has lasted (0 when the store answers)."""
-        since = self._failing_since
-        return 0.0 if since is None else time.monotonic() - since
+        """Seconds the current outage has lasted (0 when the store answers): since the first failed attempt,
+        or since the start of an attempt that has not answered within `answer_s`."""
+        now, since, attempt = time.monotonic(), self._failing_since, self._attempt_since
+        if since is not None:
+            return now - since
+        if attempt is not None and now - attempt >= self.answer_s:
+            return now - attempt
+        return 0.0
+
+    def answering(self) -> bool:
+        """The store takes what is sent promptly: no failed attempt, none in flight for `answer_s` or longer."""
+        return self.stalled() == 0.0
+
+    def settle(self, why: str) -> bool:
+        """Wait until everything queued is delivered, while the store answers promptly (`answering`); True if
+        it was. A wait on a store that has stopped answering ends within `answer_s` of its last attempt's start.
+        The wait is recorded (`waits`, the job's log file)."""
+        start = time.monotonic()
+        with self._idle:
+            while self._pending and self.answering():
+                attempt = self._attempt_since
+                left = self.answer_s - (time.monotonic() - attempt) if attempt is not None else self.answer_s
+                self._idle.wait(max(min(left, 0.5), 0.01))
+            delivered = not self._pending
+        seconds = time.monotonic() - start
+        ended = "delivered" if delivered else "the store does not answer: kept in the outbox"
+        self.waits.append((why, seconds, ended))
+        waits_log.info("tracking: the training thread waited %.3f s (%s): %s", seconds, why, ended)
+        return delivered
 
     def raise_if_stalled(self) -> None:
         """Raise TrackingOutage when the store has not answered for longer than allowed."""
@@ -164,22 +202,33 @@ class Outbox:
 
     def _until_delivered(self, send) -> None:
         while True:
+            started = self._attempt_since = time.monotonic()
             try:
                 send()
             except Exception as e:  # noqa: BLE001 (the store's errors come in many types)
+                self._attempt_since = None
                 if not unreachable(e):
                     log.warning("tracking: a call failed and was dropped: %s", str(e)[:300])
                     self._recovered()
                     return
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                    self.outages.append([time.time(), None])
-                    log.warning("tracking: the store does not answer (%s); training goes on, metrics are kept "
-                                "and sent when it is back (limit %g s)", type(e).__name__, self.outage_limit_s)
+                self._outage_began(started, type(e).__name__)
                 time.sleep(self.retry_s)
                 continue
+            self._attempt_since = None
+            if time.monotonic() - started >= self.answer_s and self._failing_since is None:
+                self._outage_began(started, f"no answer within {self.answer_s:g} s")  # (it answered in the end)
             self._recovered()
             return
+
+    def _outage_began(self, attempt_start: float, why: str) -> None:
+        """The store stopped answering: at this attempt's start if it hung past `answer_s`, else now."""
+        if self._failing_since is not None:
+            return
+        now = time.monotonic()
+        self._failing_since = attempt_start if now - attempt_start >= self.answer_s else now
+        self.outages.append([time.time() - (now - self._failing_since), None])
+        log.warning("tracking: the store does not answer (%s); training goes on, metrics are kept "
+                    "and sent when it is back (limit %g s)", why, self.outage_limit_s)
 
     def _recovered(self) -> None:
         if self._failing_since is not None:

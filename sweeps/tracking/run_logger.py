@@ -46,6 +46,9 @@ class Direct:
     def drain(self, timeout=None) -> bool:
         return True
 
+    def settle(self, why) -> bool:
+        return True
+
     def close(self):
         pass
 
@@ -79,10 +82,10 @@ class RunLogger(Callback):
 
     def on_save(self, name):
         """Everything reported so far reaches the store before the checkpoint is written: a `kill -9` after it
-        then loses no metric (the resume from it reports the updates after it again). Not while the store is
-        away: training goes on through an outage, and past its limit the job stops at a checkpoint."""
-        if not self.out.stalled():
-            self.out.drain(timeout=60)
+        then loses no metric (the resume from it reports the updates after it again). Not while the store does
+        not answer promptly (`Outbox.settle`): training goes on through an outage, what is queued stays queued
+        (and in the spill), and past the outage limit the job stops at a checkpoint."""
+        self.out.settle(f"before checkpoint {name}")
 
     def on_checkpoint(self, path, sha256, name):
         if name.startswith("phase") or name == "teacher":
