@@ -44,8 +44,18 @@ def random_denoiser(dim_shape=(1, 4, 4), seed=0):
     return lambda z, t: torch.tanh(z * w + t.reshape(-1, *([1] * (z.dim() - 1))) - 0.3)
 
 
+# The longest files first (measured: tests/README.md), so that parallel runs (`-n 2 --dist loadfile`) do not end on
+# one long file; the rest keep their order.
+LONGEST_FIRST = ["test_diffusers_teacher.py", "test_reliability.py", "test_sweeps.py", "test_distributed_jobs.py",
+                 "test_team.py", "test_auth.py", "test_fid.py", "test_damaged.py", "test_browser.py",
+                 "test_distributed.py", "test_experiments.py", "test_learning.py"]
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """The product's commands start from a fork server (tests/processes.py): start it while the first tests run."""
+    """The longest files first; the product's commands start from a fork server (tests/processes.py): start it
+    while the first tests run."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: each file keeps its order)
     if any(item.get_closest_marker("slow") for item in items):
         processes.warm()
 

@@ -17,6 +17,7 @@ plain `subprocess`.
 import atexit
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,8 +179,34 @@ def warm() -> None:
 
 
 def sqlite(folder) -> str:
-    """The SQLite store a command run in `folder` uses by default there."""
-    return f"sqlite:///{folder}/mlflow.db"
+    """The SQLite store of `folder` (`folder/mlflow.db`), as a copy of an empty store when there is none yet:
+    MLflow's schema migrations cost ~1.6 s per new store, so they run once per test run (`empty_store`)."""
+    db = Path(folder) / "mlflow.db"
+    if not db.exists():
+        shutil.copyfile(empty_store(), db)
+    return f"sqlite:///{db}"
+
+
+_EMPTY = None
+
+
+def empty_store() -> Path:
+    """An SQLite store with MLflow's schema and nothing in it, made once per test process (in a process of its own:
+    no engine of this one holds it)."""
+    global _EMPTY
+    if _EMPTY is None:
+        path = Path(tempfile.mkdtemp(prefix="empty-store-")) / "mlflow.db"
+        call(_create_schema, str(path))
+        _EMPTY = path
+    return _EMPTY
+
+
+def _create_schema(path: str) -> None:
+    import logging
+
+    from mlflow.tracking import MlflowClient
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # (its "Creating initial MLflow database tables")
+    MlflowClient(f"sqlite:///{path}").search_experiments()
 
 
 def cli(module: str, args, cwd, uri=None, timeout: float = 900, **extra_env) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
+import processes
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -33,7 +34,7 @@ TINY = ["+debug=tiny", "model.width=8", "tracking.system_metrics=false", "teache
 
 
 def settings(tmp_path, *overrides):
-    return from_hydra(compose([*TINY, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", *overrides], tmp_path))
+    return from_hydra(compose([*TINY, f"tracking.uri={processes.sqlite(tmp_path)}", *overrides], tmp_path))
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def here(tmp_path, monkeypatch):
 
 
 def test_settings_are_typed_once_and_carry_what_the_job_derives_from_hydra(here):
-    cfg = compose([*TINY, f"tracking.uri=sqlite:///{here}/mlflow.db", "distill.mu_s=0.9"], here)
+    cfg = compose([*TINY, f"tracking.uri={processes.sqlite(here)}", "distill.mu_s=0.9"], here)
     s = from_hydra(cfg)
     assert isinstance(s.distill, DistillConfig) and s.distill.mu_s == 0.9 and s.distill.schedule == [8, 2, 1]
     assert s.teacher.updates == 20 and s.teacher.width == 8 and s.family == "vp" and s.device == "cpu"
@@ -102,7 +103,7 @@ def test_run_time_failures_end_the_run_in_one_place(here, error, resumable):
 
 def registered_teacher(here, family="vp") -> TeacherRef:
     from sweeps.tracking import store
-    store.setup(f"sqlite:///{here}/mlflow.db", "teachers")
+    store.setup(processes.sqlite(here), "teachers")
     model = DiffusionModel("unet_tiny", (1, 8, 8), {"family": family} if family == "edm" else None,
                            network_overrides={"width": 8}, info={"role": "teacher"})
     with mlflow.start_run() as run:

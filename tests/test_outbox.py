@@ -8,6 +8,7 @@ import threading
 import time
 
 import mlflow
+import processes
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -39,7 +40,7 @@ class Store:
 
 @pytest.fixture
 def run(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(processes.sqlite(tmp_path))
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment("outbox", (tmp_path / "art").as_uri())).info.run_id
     yield client, run_id

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_identical_jobs_started_together_one_trains_the_other_names_the_owner(tmp_path, backend, request):
     """On a SQLite file and on a PostgreSQL server (the test run's, a database of its own)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db" if backend == "sqlite" else request.getfixturevalue("postgres").database("owners")
+    uri = processes.sqlite(tmp_path) if backend == "sqlite" else request.getfixturevalue("postgres").database("owners")
     store.setup(uri, "distill-sweeps")  # (the store exists first, as a sweep's driver makes it)
     command = ["+debug=tiny", "model.width=8", "tracking.system_metrics=false", "hydra.run.dir=outputs/job"]
     procs = [processes.start("sweeps.run", command, tmp_path, processes.environment(uri)) for _ in range(2)]

@@ -4,6 +4,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import mlflow
+import processes
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from sweeps.tracking import store as tracking
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tracking.setup(f"sqlite:///{tmp_path}/mlflow.db", "registry-tests")
+    tracking.setup(processes.sqlite(tmp_path), "registry-tests")
     yield tmp_path
     mlflow.set_tracking_uri(None)
 

@@ -334,10 +334,12 @@ def test_a_sweep_stopped_by_sigterm_finishes_its_trials_when_started_again(store
     KILLED and the trial stays RUNNING, owned by a process that is gone. The same command takes it over:
     trial 1's job resumes its own run, and the study ends with 2 complete trials, none RUNNING."""
     storage = f"sqlite:///{store}/resume.db"
-    command = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
-               "hydra.sweeper.params=null", "distill.mu_s=choice(0.6,0.7)", "+debug=tiny",
-               "distill.updates_per_phase=150", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resume",
-               f"hydra.sweep.dir={store}/resume", "distill.checkpoint_every=20"]
+    study = optuna.create_study(study_name="resume", storage=storage)
+    for updates in (20, 150):  # a short trial 0; trial 1 long enough to be caught training
+        study.enqueue_trial({"distill.updates_per_phase": updates})
+    command = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.params=null",
+               "distill.updates_per_phase=choice(20,150)", "+debug=tiny", f"hydra.sweeper.storage={storage}",
+               "hydra.sweeper.study_name=resume", f"hydra.sweep.dir={store}/resume", "distill.checkpoint_every=20"]
     proc = processes.start("sweeps.run", command, store, processes.environment(processes.sqlite(store)))
     deadline = time.time() + 600
 

@@ -3,6 +3,7 @@ table's headline values (once, rounded), the sweep's swept keys, the shared view
 import json
 
 import mlflow
+import processes
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -50,7 +51,7 @@ def test_a_sweeps_swept_keys_come_from_its_overrides_and_its_search_space():
 
 def test_the_experiment_view_is_published_for_the_link_to_open(tmp_path):
     from sweeps.tracking import store
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = processes.sqlite(tmp_path)
     exp = store.setup(uri, "distill-sweeps")
     state = json.loads(MlflowClient().get_experiment(exp).tags[view.TAG_PREFIX + view.EXPERIMENT_VIEW])
     assert {"metrics.`gap`", "metrics.`gap_ratio`", "params.`distill.mu_s`"} <= set(state["selectedColumns"])
