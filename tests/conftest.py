@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: each file keeps its order)
     if any(item.get_closest_marker("slow") for item in items):
-        processes.warm()
+        processes.context()
 
 
 def pytest_terminal_summary(terminalreporter):

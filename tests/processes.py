@@ -47,6 +47,7 @@ def context():
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
         _CONTEXT.set_forkserver_preload(PRELOAD)
+        warm()
     return _CONTEXT
 
 
@@ -172,10 +173,22 @@ def run(module: str, args, cwd, env=None, timeout: float = 900) -> subprocess.Co
 
 
 def warm() -> None:
-    """Start the fork server now (its imports take ~8 s), without waiting for it."""
+    """Start the fork server now (its imports take ~8 s), without waiting for it. Its stdout and stderr (which
+    what it forks inherits, unless a command redirects its own: data-parallel ranks started in this process do
+    not) go to a log file, not into the test run's output."""
     from multiprocessing import forkserver
-    context()
-    forkserver.ensure_running()
+    log = os.open(Path(tempfile.gettempdir()) / f"distill-forkserver-{os.getpid()}.log",
+                  os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        forkserver.ensure_running()
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(log)
 
 
 def sqlite(folder) -> str:

@@ -80,7 +80,7 @@ def start_mlflow_server(root: Path, backend: str, *extra, env=None, port=None):
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *extra, "--backend-store-uri", backend,
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
-                            env=env, stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT)
+                            env=server_env(env), stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -93,6 +93,12 @@ def start_mlflow_server(root: Path, backend: str, *extra, env=None, port=None):
             time.sleep(0.2)
     proc.kill()
     pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+
+
+def server_env(env=None) -> dict:
+    """MLflow 3's server also starts a GenAI job runner (seven huey consumer processes, each importing MLflow);
+    nothing here uses it (as docker/compose.yaml)."""
+    return {**(env if env is not None else os.environ), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def stop(proc) -> None:

@@ -37,7 +37,9 @@ def mlflow_ui(db: Path, log: Path, port: int = 0):
     port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}",
                              "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=db.parent)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=db.parent,
+                            # (MLflow 3's GenAI job runner: seven more processes that nothing here uses)
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
