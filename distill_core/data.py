@@ -2,7 +2,9 @@
 
 All supported sets fit in RAM (digits 1,797 x 8x8; Fashion-MNIST 60k x 28x28; CIFAR-10
 50k x 32x32x3 as uint8), so a batch is an index draw from a seeded generator: no DataLoader
-workers, fully deterministic. Horizontal flips only for cifar10.
+workers, fully deterministic. Horizontal flips only for cifar10. The image sets carry their class labels
+(`labels`, `num_classes`): `draw` gives a batch with its labels, from the same index draw as `batch` (a
+class-conditional job samples the training set uniformly, as both papers; DESIGN 3.10).
 """
 import gzip
 import math
@@ -17,6 +19,7 @@ import torch
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "toy2d")
 SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "toy2d": (2,)}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "cifar10": 10}  # sets with class labels (toy2d: none)
 
 
 class DataError(RuntimeError):
@@ -30,6 +33,7 @@ class TensorData:
     values: torch.Tensor
     levels: Optional[int] = 255  # None: values are already float in model space
     flip: bool = False
+    labels: Optional[torch.Tensor] = None  # (N,) class indices, for the sets that have them
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -41,18 +45,27 @@ class TensorData:
     def to_model_space(self, v: torch.Tensor) -> torch.Tensor:
         return v.float() if self.levels is None else v.float() * (2.0 / self.levels) - 1.0
 
+    @property
+    def num_classes(self) -> Optional[int]:
+        return CLASSES.get(self.name) if self.labels is not None else None
+
     def batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return self.draw(batch_size, generator)[0]
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple:
+        """(x, y): a batch drawn uniformly with its labels (y None for a set without labels)."""
         idx = torch.randint(len(self), (batch_size,), generator=generator).to(self.values.device)
         x = self.to_model_space(self.values[idx])
         if self.flip:
             flip = (torch.rand(batch_size, generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x
+        return x, (self.labels[idx] if self.labels is not None else None)
 
     def to(self, device) -> "TensorData":
         """The same data resident on `device` (uint8 stays uint8: CIFAR-10 is 150 MB): batches are
         then drawn, scaled and flipped there, with only the indices crossing from the host."""
-        return TensorData(self.name, self.values.to(device), self.levels, self.flip)
+        return TensorData(self.name, self.values.to(device), self.levels, self.flip,
+                          self.labels.to(device) if self.labels is not None else None)
 
     def all(self) -> torch.Tensor:
         return self.to_model_space(self.values)
@@ -74,11 +87,12 @@ def load(name: str, split: str = "train", root: Optional[str] = None, seed: int 
 def _digits(split, root, seed, toy_size) -> TensorData:
     """scikit-learn's bundled 1,797 8x8 digits (values 0..16). 'test' is a fixed 10% holdout."""
     from sklearn.datasets import load_digits
-    images = torch.from_numpy(load_digits().images.astype(np.uint8))[:, None]
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.uint8))[:, None]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
     n_test = len(images) // 10
     idx = order[n_test:] if split == "train" else order[:n_test]
-    return TensorData("digits", images[idx], levels=16)
+    return TensorData("digits", images[idx], levels=16, labels=torch.from_numpy(digits.target).long()[idx])
 
 
 def _toy2d(split, root, seed, toy_size) -> TensorData:
@@ -102,14 +116,14 @@ def _fashion_mnist(split, root, seed, toy_size) -> TensorData:
             with gzip.open(gz) as src, open(raw / gz.name[:-3], "wb") as dst:
                 shutil.copyfileobj(src, dst)
     ds = _torchvision(FashionMNIST, root, split, f"{raw}/*-ubyte (apt-get install dataset-fashion-mnist)")
-    return TensorData("fashion_mnist", ds.data[:, None].clone())
+    return TensorData("fashion_mnist", ds.data[:, None].clone(), labels=torch.as_tensor(ds.targets).long())
 
 
 def _mnist(split, root, seed, toy_size) -> TensorData:
     from torchvision.datasets import MNIST
     root = Path(root or Path.home() / ".cache" / "distill-sweeps" / "data")
     ds = _torchvision(MNIST, root, split, f"{root}/MNIST/raw/*-ubyte")
-    return TensorData("mnist", ds.data[:, None].clone())
+    return TensorData("mnist", ds.data[:, None].clone(), labels=torch.as_tensor(ds.targets).long())
 
 
 def _cifar10(split, root, seed, toy_size) -> TensorData:
@@ -120,11 +134,13 @@ def _cifar10(split, root, seed, toy_size) -> TensorData:
             raise DataError(f"data.root: CIFAR-10 .npz not found at {root}")
         with np.load(root) as f:
             x = torch.from_numpy(f[f"x_{split}"])
-        return TensorData("cifar10", x, flip=split == "train")
+            y = torch.from_numpy(f[f"y_{split}"].astype(np.int64)).reshape(-1) if f"y_{split}" in f else None
+        return TensorData("cifar10", x, flip=split == "train", labels=y)
     from torchvision.datasets import CIFAR10
     root = Path(root or Path.home() / ".cache" / "distill-sweeps" / "data")
     ds = _torchvision(CIFAR10, root, split, f"{root}/cifar-10-batches-py/")
-    return TensorData("cifar10", torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), flip=split == "train")
+    return TensorData("cifar10", torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), flip=split == "train",
+                      labels=torch.as_tensor(ds.targets).long())
 
 
 def _torchvision(cls, root: Path, split: str, expected: str):

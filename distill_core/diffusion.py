@@ -6,6 +6,11 @@ from standard normal noise, on whatever device the model and the noise are on. I
 family's config (parameterisation or preconditioning, grid, sampler), the step counts it was
 distilled for and how it was made (`info`), so registered teachers and students of either family
 load and sample the same way.
+
+A class-conditional model (its network built with `num_classes`) takes one class index per sample wherever
+the network is called: `sample(noise, steps, labels=...)`, `x_hat(z, t, labels=...)`; `conditioned(labels)`
+is the same model with its labels bound, which is what families and methods call (DESIGN 3.10: teacher,
+self-teacher and student of one update see the same labels).
 """
 import copy
 from typing import Optional
@@ -18,22 +23,22 @@ from .models import build_network
 from .samplers import run, run_ancestral
 
 
-def plain_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    return net(z, cond)
+def plain_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor, labels=None) -> torch.Tensor:
+    return net(z, cond) if labels is None else net(z, cond, labels)
 
 
 _compiled = None
 PRECISIONS = ("bf16", "fp32")
 
 
-def compiled_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+def compiled_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor, labels=None) -> torch.Tensor:
     """One compiled function for every network: with inlined nn.Modules (torch >= 2.5) the modules
     are inputs, not guards, so teacher, student and EMA copies of one architecture share graphs.
     Built on first use, so importing this module stays cheap."""
     global _compiled
     if _compiled is None:
         _compiled = torch.compile(plain_call)
-    return _compiled(net, z, cond)
+    return _compiled(net, z, cond, labels)
 
 
 class DiffusionModel(nn.Module):
@@ -63,21 +68,51 @@ class DiffusionModel(nn.Module):
     def data_shape(self) -> tuple:
         return self.config["data_shape"]
 
-    def _net(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Classes of a class-conditional model; None for an unconditional one."""
+        return getattr(self.net, "num_classes", None) or None
+
+    def check_labels(self, labels, n: int) -> Optional[torch.Tensor]:
+        """`labels` as a long tensor of `n` class indices in [0, num_classes), or None for an unconditional
+        model; ValueError (one line) for labels a model cannot take."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("labels given to an unconditional model (model.num_classes is null); leave them out")
+            return None
+        if labels is None:
+            raise ValueError(f"this model is class-conditional on {self.num_classes} classes: pass labels, "
+                             f"one class index per sample")
+        labels = torch.as_tensor(labels)
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or tuple(labels.shape) != (n,):
+            raise ValueError(f"labels must be {n} integer class indices (one per sample); got shape "
+                             f"{tuple(labels.shape)} of {labels.dtype}")
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes}); got {int(labels.min())}..{int(labels.max())}")
+        return labels.long().to(self._device())
+
+    def conditioned(self, labels) -> "DiffusionModel":
+        """This model with `labels` bound to every network call (itself when `labels` is None)."""
+        return self if labels is None else Conditioned(self, labels)
+
+    def _net(self, z: torch.Tensor, cond: torch.Tensor, labels=None) -> torch.Tensor:
         if z.dtype == torch.float64:  # double-precision arithmetic around a float32 network (target_precision)
-            return self._net(z.float(), cond.float()).double()
+            return self._net(z.float(), cond.float(), labels).double()
+        if (labels is None) != (self.num_classes is None):
+            self.check_labels(labels, len(z))  # (raises: conditional without labels, or the reverse)
         call = compiled_call if getattr(self, "compiled", False) else plain_call
         if z.is_cuda and getattr(self, "amp", True):  # bf16 autocast for the network only, on CUDA
             if z.dim() == 4:  # channels_last: the fast convolution layout under bf16
                 z = z.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = call(self.net, z, cond)
+                out = call(self.net, z, cond, labels)
             return out.float()  # keeps channels_last: everything after is elementwise
-        return call(self.net, z, cond)
+        return call(self.net, z, cond, labels)
 
-    def x_hat(self, z: torch.Tensor, t: torch.Tensor, clip: bool = False) -> torch.Tensor:
+    def x_hat(self, z: torch.Tensor, t: torch.Tensor, clip: bool = False, labels=None) -> torch.Tensor:
         """The model's estimate of the clean data at time t (optionally clipped to [-1, 1])."""
-        x = self.family.denoise(self._net, z, t)
+        net = self._net if labels is None else (lambda z_, cond: self._net(z_, cond, labels))
+        x = self.family.denoise(net, z, t)
         return x.clamp(-1.0, 1.0) if clip else x
 
     def use_fast_paths(self, device, compile: bool = False, precision: str = "bf16") -> "DiffusionModel":
@@ -94,40 +129,43 @@ class DiffusionModel(nn.Module):
         self.compiled = compile
         return self
 
-    def denoiser(self, clip: bool):
-        return lambda z, t: self.x_hat(z, t, clip)
+    def denoiser(self, clip: bool, labels=None):
+        return lambda z, t: self.x_hat(z, t, clip, labels)
 
-    def step(self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip: bool = False) -> torch.Tensor:
+    def step(self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip: bool = False, labels=None) -> torch.Tensor:
         """One step t -> s of this model's own sampler (how it samples, and how it teaches)."""
-        return self.family.step(self.denoiser(clip), z, t, s)
+        return self.family.step(self.denoiser(clip, labels), z, t, s)
 
-    def jump(self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip: bool = False) -> torch.Tensor:
+    def jump(self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip: bool = False, labels=None) -> torch.Tensor:
         """One DDIM jump t -> s (a student's step, whatever this model samples with)."""
-        return self.family.ddim_step(self.denoiser(clip), z, t, s)
+        return self.family.ddim_step(self.denoiser(clip, labels), z, t, s)
 
     def _device(self):
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def sample(self, noise: torch.Tensor, steps: int, clip: bool = True) -> torch.Tensor:
-        """Deterministic `steps`-step sampling from `noise` ~ N(0, I) of shape (B, *data_shape)."""
+    def sample(self, noise: torch.Tensor, steps: int, clip: bool = True, labels=None) -> torch.Tensor:
+        """Deterministic `steps`-step sampling from `noise` ~ N(0, I) of shape (B, *data_shape); `labels`: one
+        class index per sample, for a class-conditional model (and only for one)."""
         if tuple(noise.shape[1:]) != self.data_shape:
             raise ValueError(f"noise must have shape (B, {', '.join(map(str, self.data_shape))}); got {tuple(noise.shape)}")
+        model = self.conditioned(self.check_labels(labels, len(noise)))
         was_training = self.training
         self.eval()
         try:
             noise = noise.to(self._device())
-            return run(lambda z, t, s: self.family.sample_step(self, z, t, s, clip), self.family.prior(noise),
-                       self.family.sampling_times(steps, noise.device), self.denoiser(clip))
+            return run(lambda z, t, s: self.family.sample_step(model, z, t, s, clip), self.family.prior(noise),
+                       self.family.sampling_times(steps, noise.device), model.denoiser(clip))
         finally:
             self.train(was_training)
 
     @torch.no_grad()
     def sample_ancestral(self, noise: torch.Tensor, steps: int, gamma: float = 1.0,
-                         generator: Optional[torch.Generator] = None, clip: bool = True) -> torch.Tensor:
+                         generator: Optional[torch.Generator] = None, clip: bool = True, labels=None) -> torch.Tensor:
+        model = self.conditioned(self.check_labels(labels, len(noise)))
         self.eval()
         noise = noise.to(self._device())
-        return run_ancestral(self.family, self.denoiser(clip), self.family.prior(noise),
+        return run_ancestral(self.family, model.denoiser(clip), self.family.prior(noise),
                              self.family.sampling_times(steps, noise.device), gamma, generator)
 
     # --- plain-data persistence (loads with torch.load(weights_only=True)) ---
@@ -154,3 +192,29 @@ class DiffusionModel(nn.Module):
     def load(cls, path, map_location="cpu") -> "DiffusionModel":
         from .checkpoint import load_checked
         return cls.from_state(load_checked(path, map_location))
+
+
+class Conditioned:
+    """A `DiffusionModel` with its labels bound: the calls families and methods make (`_net`, `x_hat`,
+    `denoiser`, `step`, `jump`) pass the same labels to the network every time; anything else is the model's."""
+
+    def __init__(self, model: DiffusionModel, labels: torch.Tensor):
+        self.model, self.labels = model, labels
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def _net(self, z, cond):
+        return self.model._net(z, cond, self.labels)
+
+    def x_hat(self, z, t, clip: bool = False):
+        return self.model.x_hat(z, t, clip, self.labels)
+
+    def denoiser(self, clip: bool):
+        return self.model.denoiser(clip, self.labels)
+
+    def step(self, z, t, s, clip: bool = False):
+        return self.model.step(z, t, s, clip, self.labels)
+
+    def jump(self, z, t, s, clip: bool = False):
+        return self.model.jump(z, t, s, clip, self.labels)

@@ -11,6 +11,7 @@ batch; rank 0 alone reports, checkpoints and evaluates, and the ranks' weights a
 every phase end.
 """
 import copy
+import json
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from .data import TensorData
 from .diffusion import DiffusionModel
 from .ema import EMA
 from .families import build as build_family
-from .images import save_grid
+from .images import grid_classes, save_class_grid, save_grid
 from .loop import LoopSettings, run_updates
 from .methods import build as build_method
 from .placement import Single
@@ -125,9 +126,15 @@ class DistillResult:
     stopped_after: Optional[int] = None  # the phase (1, 2, ...) after which the callback stopped the job
 
 
-def gap(model: DiffusionModel, noise: torch.Tensor, steps: int, reference: torch.Tensor) -> float:
-    """RMSE between the model's `steps`-step DDIM samples and the reference samples from the same noise."""
-    return float((model.sample(noise, steps) - reference).pow(2).mean().sqrt())
+def gap(model: DiffusionModel, noise: torch.Tensor, steps: int, reference: torch.Tensor, labels=None) -> float:
+    """RMSE between the model's `steps`-step DDIM samples and the reference samples from the same noise (and,
+    for a class-conditional model, the same labels)."""
+    return float((model.sample(noise, steps, labels=labels) - reference).pow(2).mean().sqrt())
+
+
+def balanced_labels(n: int, num_classes) -> Optional[torch.Tensor]:
+    """The fixed class-balanced labels of `n` evaluation samples, y_i = i mod K (None: unconditional)."""
+    return torch.arange(n) % int(num_classes) if num_classes else None
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> None:
@@ -155,6 +162,8 @@ class Distiller:
         self.eval_noise = eval_noise if eval_noise is not None else \
             torch.randn((64, *teacher.data_shape), generator=torch.Generator().manual_seed(cfg.seed + 1))
         self.eval_noise = self.eval_noise.to(device)
+        self.num_classes = teacher.num_classes  # a class-conditional teacher: every update draws (x, y)
+        self.eval_labels = balanced_labels(len(self.eval_noise), self.num_classes)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.mu_i = inference_momentum(cfg)
         # state that a checkpoint carries
@@ -234,15 +243,18 @@ class Distiller:
     def loss(self, teacher_steps: int, student_steps: int) -> torch.Tensor:
         cfg, g, dev, family, base = self.cfg, self.generator, self.device, self.family, self.cfg.schedule[0]
         shard = self.placement.shard  # every rank draws the global batch and keeps its slice
-        x = shard(self.data.batch(cfg.batch_size, g)).to(dev)
+        x, y = self.data.draw(cfg.batch_size, g)
+        x = shard(x).to(dev)
+        y = shard(y).to(dev) if self.num_classes else None  # one label tensor for teacher, self-teacher and student
         eps = shard(torch.randn((cfg.batch_size, *self.data.shape), generator=g)).to(dev)
-        teacher, self_teacher, clip = self.teacher, self.self_teacher, self.clip
+        teacher, clip = self.teacher.conditioned(y), self.clip
+        self_teacher = self.self_teacher.module.conditioned(y) if self.self_teacher else None
 
         def teacher_step(z, t_from, t_to):  # the teacher's own sampler step (DDIM; Heun/Euler for EDM)
             return teacher.step(z, t_from, t_to, clip)
 
         def self_step(z, t_from, t_to):  # the self-teacher's DDIM jump
-            return self_teacher.module.jump(z, t_from, t_to, clip)
+            return self_teacher.jump(z, t_from, t_to, clip)
 
         with torch.inference_mode():
             draw = {k: shard(v).to(dev) if torch.is_tensor(v) else v for k, v in
@@ -256,7 +268,8 @@ class Distiller:
         if cfg.target_precision == "float32":
             z_t, target, t = z_t.clone(), target.clone(), t.clone()
         x_hat = self._x_hat if self._x_hat is not None else self.student.x_hat
-        loss = family.loss(cfg.weighting, t, x_hat(z_t, t), target, cfg.loss_reduction)
+        prediction = x_hat(z_t, t) if y is None else x_hat(z_t, t, labels=y)
+        loss = family.loss(cfg.weighting, t, prediction, target, cfg.loss_reduction)
         if cfg.inject_nan_at is not None and self._global_step == cfg.inject_nan_at:
             loss = loss * float("nan")
         self._global_step += 1
@@ -273,9 +286,14 @@ class Distiller:
             log.info("resuming distillation at phase %d, update %d", self.phase + 1, self.step)
         schedule = list(cfg.schedule)
         # the evaluation's reference: rank 0 evaluates, the other ranks only train
-        reference = self.original_teacher.sample(self.eval_noise, schedule[0]) if self.placement.is_main else None
+        reference = self.original_teacher.sample(self.eval_noise, schedule[0], labels=self.eval_labels) \
+            if self.placement.is_main else None
+        if self.num_classes and self.placement.is_main:  # (the overview figure labels the grids' rows by class)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            rows = grid_classes(self.eval_labels, self.num_classes)
+            (self.workdir / "classes.json").write_text(json.dumps({"num_classes": int(self.num_classes), "rows": rows}))
         if reference is not None and not resumed:  # the teacher's grid from the same noise, beside the students'
-            grid = save_grid(reference, self.workdir / f"samples_teacher_{schedule[0]}steps.png")
+            grid = self._grid(reference, f"samples_teacher_{schedule[0]}steps.png")
             self.callback.on_image(grid, grid.name, 0)
         n_phases, updates = len(schedule) - 1, phase_updates(cfg)
         self.starts = [sum(updates[:i]) for i in range(n_phases + 1)]  # cumulative updates before each phase
@@ -314,6 +332,12 @@ class Distiller:
                           steps=done[-1], distilled_steps=done[1:], teacher_info=dict(self.original_teacher.info))
         return DistillResult(final, self.results, None if self.phase == n_phases else self.phase)
 
+    def _grid(self, samples: torch.Tensor, name: str):
+        """A grid PNG in the job's folder; a class-conditional model's has one row per class."""
+        if self.eval_labels is None:
+            return save_grid(samples, self.workdir / name)
+        return save_class_grid(samples, self.eval_labels, self.num_classes, self.workdir / name)
+
     def _keep_going(self, p: int) -> bool:
         go = self.callback.keep_going(p, self.starts[p + 1], self.results[-1].metrics) \
             if self.placement.is_main else True
@@ -336,13 +360,13 @@ class Distiller:
         self.save(f"phase{p + 1}_{student_steps}steps.pt")
 
     def _evaluate(self, p: int, student_steps: int, model: DiffusionModel, reference: torch.Tensor) -> dict:
-        metrics = {"gap": gap(model, self.eval_noise, student_steps, reference),
-                   "teacher_gap": gap(self.original_teacher, self.eval_noise, student_steps, reference)}
-        teacher_grid = save_grid(self.original_teacher.sample(self.eval_noise, student_steps),
-                                 self.workdir / f"samples_teacher_{student_steps}steps.png")  # beside the student's
+        noise, labels = self.eval_noise, self.eval_labels
+        metrics = {"gap": gap(model, noise, student_steps, reference, labels),
+                   "teacher_gap": gap(self.original_teacher, noise, student_steps, reference, labels)}
+        teacher_grid = self._grid(self.original_teacher.sample(noise, student_steps, labels=labels),
+                                  f"samples_teacher_{student_steps}steps.png")  # beside the student's
         self.callback.on_image(teacher_grid, teacher_grid.name)
-        grid = self.workdir / f"samples_phase{p + 1}_{student_steps}steps.png"
-        save_grid(model.sample(self.eval_noise, student_steps), grid)
+        grid = self._grid(model.sample(noise, student_steps, labels=labels), f"samples_phase{p + 1}_{student_steps}steps.png")
         self.callback.on_image(grid, grid.name, self.starts[p + 1])
         metrics.update(self.callback.on_phase_end(p, student_steps, model, metrics) or {})
         # at the cumulative update count: the losses' x-axis, and a run's latest value is its final phase's

@@ -8,6 +8,12 @@ num_inference_steps=N, output_type="np")` returns `(model.sample(noise, N) + 1) 
 `noise = torch.randn((B, C, H, W), generator=torch.Generator().manual_seed(s))`. That holds when N divides
 the teacher's K steps: for other N, DDIMScheduler steps by K // N rather than along the grid, so such a
 model is refused.
+
+A class-conditional model (`UNet2DModel` with `num_class_embeds`) leaves as a `ConsistencyModelPipeline` folder
+with the same `DDIMScheduler`: diffusers' only stock unconditional-image pipeline that passes `class_labels` to
+the U-Net, and it drives any scheduler through `scale_model_input` (the identity for DDIM) and `step`, the loop
+DDIMPipeline runs. `pipe(batch_size=B, class_labels=labels, generator=..., num_inference_steps=N,
+output_type="np")` then returns `(model.sample(noise, N, labels=labels) + 1) / 2` for the same noise.
 """
 import copy
 import json
@@ -47,20 +53,32 @@ def save_pipeline(model, out, card: str = "") -> Path:
     problem = export_problem(model)
     if problem:
         raise ValueError(problem)
-    from diffusers import DDIMPipeline
     out = Path(out)
     unet = copy.deepcopy(model.net.unet).cpu().float().eval()
-    DDIMPipeline(unet=unet, scheduler=scheduler(model.family)).save_pretrained(out, safe_serialization=True)
+    pipeline_class(model)(unet=unet, scheduler=scheduler(model.family)).save_pretrained(out, safe_serialization=True)
     steps = model.info.get("steps")
-    (out / "distill_sweeps.json").write_text(json.dumps({"steps": steps, "info": model.info}, indent=1, default=str))
-    (out / "README.md").write_text(card or usage(steps))
+    (out / "distill_sweeps.json").write_text(json.dumps({"steps": steps, "num_classes": model.num_classes,
+                                                         "info": model.info}, indent=1, default=str))
+    (out / "README.md").write_text(card or usage(steps, model.num_classes))
     return out
 
 
-def usage(steps) -> str:
+def pipeline_class(model):
+    """DDIMPipeline for an unconditional model; ConsistencyModelPipeline (it takes `class_labels`) for a
+    class-conditional one."""
+    from diffusers import ConsistencyModelPipeline, DDIMPipeline
+    return ConsistencyModelPipeline if model.num_classes else DDIMPipeline
+
+
+def usage(steps, num_classes=None) -> str:
     n = steps or "N"
-    return (f"# A distill-sweeps model as a diffusers pipeline\n\n```python\nimport torch\n"
+    labels = f"class_labels=torch.arange(16) % {num_classes}, " if num_classes else ""
+    text = (f"# A distill-sweeps model as a diffusers pipeline\n\n```python\nimport torch\n"
             f"from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained(\".\", "
-            f"local_files_only=True)\nimages = pipe(batch_size=16, generator=torch.Generator().manual_seed(0), "
+            f"local_files_only=True)\nimages = pipe(batch_size=16, {labels}generator=torch.Generator().manual_seed(0), "
             f"num_inference_steps={n}, output_type=\"np\").images  # (16, H, W, C) in [0, 1]\n```\n\n"
             f"`num_inference_steps={n}` is the step count it was distilled for.\n")
+    if num_classes:
+        text += (f"\nThe model is class-conditional on {num_classes} classes: `class_labels` gives one class index "
+                 f"per image (a ConsistencyModelPipeline driving a DDIMScheduler, the DDIM loop with labels).\n")
+    return text

@@ -181,8 +181,10 @@ class RealImages(torch.utils.data.Dataset):
 
 def sampler_generator(model, steps: int, batch_size: int = 256):
     """The model as a torch-fidelity GenerativeModelBase: its noise (B, z) is reshaped to the
-    data shape and sampled with `steps`-step DDIM."""
+    data shape and sampled with `steps`-step DDIM; a class-conditional model with class-balanced labels
+    (the i-th sample drawn has class i mod K)."""
     from torch_fidelity import GenerativeModelBase
+    drawn = [0]
 
     class Sampler(GenerativeModelBase):
         @property
@@ -199,7 +201,10 @@ def sampler_generator(model, steps: int, batch_size: int = 256):
 
         def forward(self, z):
             noise = z.reshape(z.shape[0], *model.data_shape).to(next(model.parameters()).device)
-            return as_rgb_uint8(model.sample(noise, steps)).cpu()
+            k = getattr(model, "num_classes", None)
+            labels = (torch.arange(drawn[0], drawn[0] + len(z)) % k) if k else None
+            drawn[0] += len(z)
+            return as_rgb_uint8(model.sample(noise, steps, labels=labels)).cpu()
 
     return Sampler()
 

@@ -27,6 +27,22 @@ def save_grid(samples: torch.Tensor, path, nrow: int = 8, upscale: int = 1) -> P
     return path
 
 
+def save_class_grid(samples: torch.Tensor, labels: torch.Tensor, num_classes: int, path) -> Path:
+    """A class-conditional model's samples as a grid with one row per class drawn (`grid_classes`: the first
+    samples drawn for each, as many per row as the rarest of them has)."""
+    labels = labels.detach().cpu()
+    rows = [torch.nonzero(labels == k).flatten() for k in grid_classes(labels, num_classes)]
+    per_row = min(len(r) for r in rows)
+    order = torch.cat([r[:per_row] for r in rows])
+    return save_grid(samples.detach().cpu()[order], path, nrow=per_row)
+
+
+def grid_classes(labels: torch.Tensor, num_classes: int) -> list:
+    """The classes a class grid has rows for: those drawn at least once, in order."""
+    present = set(torch.as_tensor(labels).tolist())
+    return [k for k in range(num_classes) if k in present]
+
+
 def scatter_image(points: torch.Tensor, size: int = 128) -> torch.Tensor:
     """Render 2-D points in [-1, 1]^2 as a (1, size, size) image in [-1, 1] (white dots on black)."""
     img = -torch.ones(1, size, size)

@@ -5,7 +5,7 @@ Why it exists: the gap compares a sampler's output with the teacher's from the s
 can neither rank teachers (each is its own reference) nor score a stochastic sampler; FID needs an
 Inception pass (minutes per call on a CPU). For 8x8 digits the 64 pixels are a usable feature
 space. The values are not comparable with FID numbers; compare orderings. The Fréchet distance
-itself is torch-fidelity's.
+itself is torch-fidelity's. A class-conditional model is sampled with class-balanced labels (y_i = i mod K).
 """
 import torch
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
@@ -36,13 +36,16 @@ class PixelFD:
         self.gammas = tuple(float(g) for g in ancestral_gammas)
         self.noise = torch.randn((num_samples, *self.shape), generator=torch.Generator().manual_seed(seed + 2))
 
-    def _chunks(self):
+    def _chunks(self, model):
+        """(noise, labels) chunks; labels None for an unconditional model."""
+        k = getattr(model, "num_classes", None)
+        labels = torch.arange(self.noise.shape[0]) % k if k else None
         for i in range(0, self.noise.shape[0], CHUNK):
-            yield self.noise[i:i + CHUNK].to(self.device)
+            yield self.noise[i:i + CHUNK].to(self.device), (labels[i:i + CHUNK] if k else None)
 
     def ddim(self, model, steps: int) -> float:
         with torch.inference_mode():
-            samples = torch.cat([model.sample(z, steps).cpu() for z in self._chunks()])
+            samples = torch.cat([model.sample(z, steps, labels=y).cpu() for z, y in self._chunks(model)])
         return distance(statistics(samples), self.reference)
 
     def ancestral(self, model, steps: int) -> tuple[float, float]:
@@ -51,7 +54,7 @@ class PixelFD:
         for gamma in self.gammas:
             g = torch.Generator(device=self.device).manual_seed(self.seed + 3)
             with torch.inference_mode():
-                samples = torch.cat([model.sample_ancestral(z, steps, gamma=gamma, generator=g).cpu()
-                                     for z in self._chunks()])
+                samples = torch.cat([model.sample_ancestral(z, steps, gamma=gamma, generator=g, labels=y).cpu()
+                                     for z, y in self._chunks(model)])
             best = min(best, (distance(statistics(samples), self.reference), gamma))
         return best

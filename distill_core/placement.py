@@ -59,8 +59,8 @@ class _XHat(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, z, t):
-        return self.model.x_hat(z, t)
+    def forward(self, z, t, labels=None):
+        return self.model.x_hat(z, t, labels=labels)
 
 
 class DataParallel(Single):

@@ -4,7 +4,8 @@ t from the family's training draw (VP: t ~ U[0, 1]; EDM: ln sigma ~ N(p_mean, p_
 z_t = alpha_t x + sigma_t eps, loss w(t) ||x_hat(z_t) - x||^2 with the family's parameterisation
 or preconditioning and the configured weighting; Adam with warm-up, gradient clipping and a
 bias-corrected EMA of the weights, which is the teacher that is returned. Deterministic on
-CPU for a given seed; resumable from its checkpoint. Under data parallelism (`placement`) every
+CPU for a given seed; resumable from its checkpoint. A class-conditional teacher (`num_classes`) trains on
+(x, y) pairs drawn uniformly, the network seeing each example's label. Under data parallelism (`placement`) every
 rank draws the global batch and trains on its slice; rank 0 reports and checkpoints.
 """
 import logging
@@ -40,6 +41,7 @@ class TeacherConfig:
     ema: float = 0.999
     dropout: Optional[float] = None  # None: the preset's
     width: Optional[int] = None  # None: the preset's (U-Net base channels, MLP hidden units)
+    num_classes: Optional[int] = None  # None: unconditional; K: class-conditional on K classes
     seed: int = 0
     checkpoint_every: int = 500
     compile: bool = False  # torch.compile the network call: a speed choice, not part of the teacher's identity
@@ -49,10 +51,16 @@ class TeacherConfig:
     def noise_family(self):
         return build_family({**self.family, "parameterization": self.parameterization})
 
+    def network_overrides(self) -> dict:
+        """(`num_classes` only when set: an unconditional teacher's config is what it always was)"""
+        return {"dropout": self.dropout, "width": self.width, **({"num_classes": self.num_classes}
+                                                                  if self.num_classes else {})}
 
-def denoising_loss(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, weighting: str) -> torch.Tensor:
+
+def denoising_loss(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, weighting: str,
+                   labels=None) -> torch.Tensor:
     family = model.family
-    return family.loss(weighting, t, model.x_hat(family.noise(x, t, eps), t), x)
+    return family.loss(weighting, t, model.x_hat(family.noise(x, t, eps), t, labels=labels), x)
 
 
 def resume_state(checkpoint_path, device):
@@ -76,8 +84,7 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
     progress = progress and placement.is_main
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    model = DiffusionModel(cfg.preset, data.shape, cfg.noise_family(),
-                           network_overrides={"dropout": cfg.dropout, "width": cfg.width},
+    model = DiffusionModel(cfg.preset, data.shape, cfg.noise_family(), network_overrides=cfg.network_overrides(),
                            info={"role": "teacher", "method": "teacher", "dataset": data.name,
                                  "teacher_config": asdict(cfg)}).use_fast_paths(device, cfg.compile, cfg.precision)
     ema = EMA(model, cfg.ema)
@@ -103,10 +110,14 @@ def train_teacher(data: TensorData, cfg: TeacherConfig, callback: Optional[Callb
     x_hat = placement.wrap(model)
 
     def loss_fn() -> torch.Tensor:  # the global batch is drawn on every rank; each trains on its slice
-        x = placement.shard(data.batch(cfg.batch_size, generator)).to(device)
+        x, y = data.draw(cfg.batch_size, generator)
+        x = placement.shard(x).to(device)
         t = placement.shard(model.family.train_times(cfg.batch_size, generator)).to(device)
         eps = placement.shard(torch.randn((cfg.batch_size, *data.shape), generator=generator)).to(device)
-        return model.family.loss(cfg.weighting, t, x_hat(model.family.noise(x, t, eps), t), x)
+        z = model.family.noise(x, t, eps)
+        if not model.num_classes:
+            return model.family.loss(cfg.weighting, t, x_hat(z, t), x)
+        return model.family.loss(cfg.weighting, t, x_hat(z, t, labels=placement.shard(y).to(device)), x)
 
     settings = LoopSettings(updates=cfg.updates, lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip,
                             checkpoint_every=cfg.checkpoint_every, desc="teacher", metric_prefix="teacher",

@@ -33,6 +33,49 @@ def unknown_group_option(argv: list[str]):
     return None
 
 
+def config_keys() -> tuple[set, set]:
+    """(every dotted key the config can have, its leaves): config.yaml's, and each group option's under its group
+    (options that are `# @package _global_` overlays at the top level). Read from the YAML files, not composed."""
+    import yaml
+    leaves = set()
+
+    def flatten(node, prefix, out):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k != "defaults":
+                    flatten(v, f"{prefix}{k}.", out)
+        else:
+            leaves.add(prefix[:-1])
+        out.add(prefix[:-1])
+
+    keys = set()
+    for path in CONF.rglob("*.yaml"):
+        text = path.read_text()
+        group = path.parent.relative_to(CONF).as_posix()
+        if group.startswith("hydra") or "@package hydra" in text:
+            continue
+        prefix = "" if group == "." or "@package _global_" in text else group.replace("/", ".") + "."
+        flatten(yaml.safe_load(text) or {}, prefix, keys)
+    return {k for k in keys if k}, leaves
+
+
+def unknown_key(argv: list[str]):
+    """A key that does not exist (`distill.mu=0.5`, a typo) as one line naming it and the nearest keys that do,
+    before Hydra's multi-line error (exit code 1, suggesting `+distill.mu`, which would add a junk key)."""
+    import difflib
+    given = [arg.partition("=")[0] for arg in argv if "=" in arg and not arg.startswith(("+", "~", "-"))]
+    given = [key for key in given if not key.startswith("hydra") and "/" not in key and not (CONF / key).is_dir()]
+    if not given:
+        return None
+    keys, leaves = config_keys()
+    for key in given:
+        if key not in keys:
+            near = difflib.get_close_matches(key, sorted(leaves), n=3, cutoff=0.6)
+            return (f"{key} is not a config key" + (f"; the nearest: {', '.join(near)}" if near else "")
+                    + " (a new key needs a leading +)")
+    return None
+
+
 def register_sweeper() -> None:
     """`hydra/sweeper=optuna` names our sweeper (sweeps.multirun.sweeper), a plugin Hydra does not scan for."""
     from hydra.core.plugins import Plugins
@@ -50,7 +93,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    problem = unknown_group_option(sys.argv[1:])
+    problem = unknown_group_option(sys.argv[1:]) or unknown_key(sys.argv[1:])
     if problem:
         from sweeps.common.errors import fail
         fail(problem)

@@ -20,10 +20,11 @@ SCHEDULES = [dict(beta_schedule="linear"), dict(beta_schedule="scaled_linear", b
              dict(trained_betas=torch.linspace(2e-4, 0.03, 1000).tolist()), dict(num_train_timesteps=250)]
 
 
-def tiny(parameterization="eps", seed=0, **family):
+def tiny(parameterization="eps", seed=0, num_classes=None, **family):
     """A ddpm_tiny model with non-trivial outputs (its zero-initialised output layers perturbed)."""
     torch.manual_seed(seed)
-    model = DiffusionModel("ddpm_tiny", (1, 8, 8), {"family": "ddpm", "parameterization": parameterization, **family})
+    model = DiffusionModel("ddpm_tiny", (1, 8, 8), {"family": "ddpm", "parameterization": parameterization, **family},
+                           network_overrides={"num_classes": num_classes} if num_classes else None)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -126,6 +127,23 @@ def test_the_export_is_the_students_own_sampler_in_stock_diffusers(tmp_path, par
     assert np.abs(images - as_images(student.sample(noise, steps))).max() <= 1e-5
     assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert "num_inference_steps=" + str(steps) in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_class_conditional_export_samples_with_class_labels_as_the_student_does(tmp_path):
+    student = tiny("v", seed=5, num_classes=10)
+    student.info.update(steps=2, role="student")
+    save_pipeline(student, tmp_path / "out")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe).__name__ == "ConsistencyModelPipeline" and type(pipe.scheduler).__name__ == "DDIMScheduler"
+    labels = torch.tensor([0, 3, 9, 3, 7])
+    noise = torch.randn((5, 1, 8, 8), generator=torch.Generator().manual_seed(3))
+    images = pipe(batch_size=5, class_labels=labels, generator=torch.Generator().manual_seed(3),
+                  num_inference_steps=2, output_type="np").images
+    assert np.abs(images - as_images(student.sample(noise, 2, labels=labels))).max() <= 1e-5
+    other = as_images(student.sample(noise, 2, labels=(labels + 1) % 10))
+    assert np.abs(images - other).max() > 1e-3  # the labels reach the network
+    assert "class_labels=" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_what_does_not_export_says_why_in_one_line():

@@ -23,7 +23,7 @@ from sweeps.job.register import register
 from sweeps.job.student_run import student_run
 from sweeps.job.teacher import acquire_teacher
 from sweeps.ranks.launch import Ranks, WorkerError
-from sweeps.settings.hydra import from_hydra, job_key, without_hydra
+from sweeps.settings.hydra import from_hydra, job_key, with_classes, without_hydra
 from sweeps.settings.types import DataSettings
 from sweeps.teachers import TeacherError, TeacherRef, source_for
 from sweeps.teachers.registered import RegisteredTeacher
@@ -53,7 +53,7 @@ def test_settings_are_typed_once_and_carry_what_the_job_derives_from_hydra(here)
     assert s.teacher.updates == 20 and s.teacher.width == 8 and s.family == "vp" and s.device == "cpu"
     assert s.data == DataSettings("digits", "train", None) and s.tracking.uri == f"sqlite:///{here}/mlflow.db"
     assert s.eval.gap_samples == 8 and s.registry.name == "distill-students" and s.teacher_source == "train"
-    assert s.key == job_key(without_hydra(cfg)) and s.job_dir == Path(".distill-sweeps") / "jobs" / s.key
+    assert s.key == job_key(with_classes(without_hydra(cfg), None)) and s.job_dir == Path(".distill-sweeps") / "jobs" / s.key
     assert s.params["distill.mu_s"] == 0.9 and not [k for k in s.params if k.startswith(("tracking.", "registry."))]
     assert s.label == "tract vp 8-2-1 width=8 system_metrics=false updates=20 mu_s=0.9" or "mu_s=0.9" in s.label
     assert s.what == "tract vp, schedule 8-2-1" and "mu_s: 0.9" in s.resolved_yaml

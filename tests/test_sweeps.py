@@ -55,7 +55,7 @@ def test_multirun_gives_three_runs_under_one_parent_and_one_teacher(store, missi
     # the link's table (MLflow's shared view, an experiment tag): the sweep's students, swept key, best first
     view = json.loads(MlflowClient().get_experiment(exp).tags[f"mlflow.sharedViewState.sweep-{parent_id[:12]}"])
     assert len(mlflow.search_runs([exp], view["searchFilter"], output_format="list")) == 3
-    assert "params.`distill.mu_s`" in view["selectedColumns"] and view["orderByKey"] == "metrics.`objective`"
+    assert view["selectedColumns"][0] == "params.`distill.mu_s`" and view["orderByKey"] == "metrics.`objective`"
     all_runs = runs(store)
     students = [r for r in all_runs if r.data.tags.get("method") == "tract"]
     assert len(students) == 3
@@ -458,6 +458,11 @@ BAD_INPUTS = [
     ("tracking.outage_limit_s=0", "tracking.outage_limit_s must be a number of seconds > 0; got 0"),
     ("model.width=0", "model.width must be a positive integer or null (the preset's); got 0"),
     ("tracking.system_metrics=maybe", "tracking.system_metrics must be one of False, True; got 'maybe'"),
+    ("model.num_classes=auto data.name=toy2d", "model.num_classes=auto: data.name=toy2d has no class labels"),
+    ("model.num_classes=3", "model.num_classes=3 is smaller than data.name=digits's 10 classes (labels 0..9)"),
+    ("model.num_classes=-2", "model.num_classes must be null (unconditional), a positive integer or auto"),
+    ("model.num_classes=2.5", "model.num_classes must be null (unconditional), a positive integer or auto"),
+    ("model=mlp data.name=toy2d model.num_classes=10", "model.num_classes=10: data.name=toy2d has no class labels"),
 ]
 
 
@@ -491,6 +496,8 @@ def test_bad_input_fails_before_any_work_with_one_line(tmp_path, monkeypatch, ca
 @pytest.mark.parametrize("override,message", [
     BAD_INPUTS[0], BAD_INPUTS[3],
     ("diffusion=ve", "diffusion must be one of ddpm, edm, vp; got 've'"),  # a config group option: before Hydra's error
+    ("model.num_class=10", "model.num_class is not a config key; the nearest: model.num_classes"),  # a typo'd key
+    ("distill.mu=0.5", "distill.mu is not a config key; the nearest: distill.mu_s, distill.mu_i"),
     ("-m diffusion=vp,ve", "diffusion must be one of ddpm, edm, vp; got 've'"),
     ("-m hydra/sweeper=optuna hydra.sweeper.n_jobs=2", "hydra.sweeper.n_jobs=2 needs a launcher that runs jobs"),
     ("-m hydra/sweeper=optuna hydra/sweeper/pruner=median hydra.sweeper.pruner.name=best",

@@ -43,7 +43,8 @@ PRESETS = {
 
 def build_network(preset: str, in_channels: int, out_heads: int = 1, **overrides):
     """A network for `preset` with `overrides` (e.g. dropout=0) applied on top; `width` is the U-Net's base
-    channels or the MLP's hidden units."""
+    channels or the MLP's hidden units; `num_classes` makes it class-conditional (its `num_classes`
+    attribute: None when unconditional)."""
     if preset not in PRESETS:
         raise ValueError(f"model.preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     spec = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None and k != "width"}}
@@ -51,10 +52,13 @@ def build_network(preset: str, in_channels: int, out_heads: int = 1, **overrides
     if overrides.get("width") is not None:
         spec["hidden" if kind == "mlp" else "channels"] = int(overrides["width"])
     if kind == "mlp":
+        if spec.pop("num_classes", None):
+            raise ValueError("model.num_classes: the mlp preset has no class embedding; use a unet_* or ddpm_* preset")
         return MLP(dim=in_channels, out_heads=out_heads, **spec)
     if kind == "diffusers":
         from .diffusers_unet import DiffusersUNet
-        return DiffusersUNet(in_channels, out_heads, spec.get("unet"), spec.get("dropout"), overrides.get("width"))
+        return DiffusersUNet(in_channels, out_heads, spec.get("unet"), spec.get("dropout"), overrides.get("width"),
+                             spec.get("num_classes"))
     return UNet(in_channels=in_channels, out_heads=out_heads, **spec)
 
 

@@ -1,5 +1,7 @@
 """Per-phase evaluation beyond the gap: pixel FD (cheap, always on unless 0 samples), the
-undistilled teacher's curves when asked (`eval.teacher_curves`), and FID/KID when enabled."""
+undistilled teacher's curves when asked (`eval.teacher_curves`), FID/KID when enabled, and for a
+class-conditional model on a set with a classifier (`distill_core.classifier`) its class accuracy beside the
+teacher's at the same step count (and, in the first phase, the teacher's at the schedule's base count)."""
 import logging
 from dataclasses import dataclass
 
@@ -27,6 +29,10 @@ def phase_evaluator(ev, seed: int, data, device, teacher=None, base_steps=None):
         parts.append(lambda phase, steps, model: {"pixel_fd": pfd.ddim(model, steps)})
         if (ev.teacher_curves or ev.teacher_base) and teacher is not None:
             parts.append(teacher_curves(ev, pfd, teacher, base_steps))
+    if teacher is not None and teacher.num_classes:
+        part = class_accuracies(ev, seed, data, teacher, base_steps)
+        if part is not None:
+            parts.append(part)
     if ev.fid or ev.kid:
         from distill_core import fid as core_fid
         evaluator = core_fid.Evaluator.from_config(data, fid=ev.fid, kid=ev.kid, num_samples=ev.num_samples,
@@ -44,6 +50,30 @@ def phase_evaluator(ev, seed: int, data, device, teacher=None, base_steps=None):
         return metrics
     evaluate.tags = tags
     return evaluate
+
+
+def class_accuracies(ev, seed: int, data, teacher, base_steps):
+    """class_acc (the student), teacher_class_acc (the teacher at the same count) and, once, teacher_class_acc_base;
+    None (one log line) where the data has no classifier here."""
+    import torch
+
+    from distill_core import classifier as core_classifier
+    classifier = core_classifier.for_data(data)
+    if classifier is None:
+        log.info("class accuracy: no classifier for data.name=%s (there is one for %s); left out", data.name,
+                 ", ".join(core_classifier.CLASSIFIABLE))
+        return None
+    n = max(int(ev.gap_samples), int(ev.pixel_fd_samples or 0), 10 * teacher.num_classes)
+    device = next(teacher.parameters()).device
+    noise = torch.randn((n, *teacher.data_shape), generator=torch.Generator().manual_seed(seed + 4)).to(device)
+
+    def accuracies(phase, steps, model):
+        out = {"class_acc": core_classifier.class_accuracy(model, classifier, noise, steps),
+               "teacher_class_acc": core_classifier.class_accuracy(teacher, classifier, noise, steps)}
+        if phase == 0 and base_steps:
+            out["teacher_class_acc_base"] = core_classifier.class_accuracy(teacher, classifier, noise, base_steps)
+        return out
+    return accuracies
 
 
 def teacher_curves(ev, pfd, teacher, base_steps):

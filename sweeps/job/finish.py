@@ -31,11 +31,16 @@ def finish(s, run, result, version: str, teacher_ref) -> float:
 
 
 def summary(result, s, version: str) -> str:
-    """The job's result on the console: each phase's student against the teacher at the same step count."""
+    """The job's result on the console: each phase's student against the teacher at the same step count (with
+    both class accuracies, for a class-conditional job)."""
+    classes = any("class_acc" in p.metrics for p in result.phases)
     lines = [f"{s.what}: registered {version}", f"  {'phase':>5}  {'steps':>5}  {'student gap':>11}  "
-             f"{'teacher gap':>11}  {'ratio':>6}"]
+             f"{'teacher gap':>11}  {'ratio':>6}" + (f"  {'class acc':>9}  {'teacher':>7}" if classes else "")]
     for p in result.phases:
         gap, teacher = p.metrics.get("gap", float("nan")), p.metrics.get("teacher_gap", float("nan"))
         ratio = gap / teacher if teacher else float("nan")
-        lines.append(f"  {p.phase + 1:>5}  {p.steps:>5}  {gap:>11.4f}  {teacher:>11.4f}  {ratio:>6.2f}")
+        line = f"  {p.phase + 1:>5}  {p.steps:>5}  {gap:>11.4f}  {teacher:>11.4f}  {ratio:>6.2f}"
+        if classes:
+            line += f"  {p.metrics.get('class_acc', float('nan')):>9.3f}  {p.metrics.get('teacher_class_acc', float('nan')):>7.3f}"
+        lines.append(line)
     return "\n".join(lines)

@@ -35,7 +35,7 @@ def register(s, run, result, teacher_ref) -> str:
         student.info[TAG] = teacher_ref.tag
         tags = {"method": s.distill.method, "family": s.family, "steps": last.steps, "schedule": s.distill.schedule,
                 "dataset": s.data.name, TAG: teacher_ref.tag, "parameterization": student.family.parameterization,
-                **last.metrics}
+                "num_classes": student.num_classes, **last.metrics}
         log_pipeline(student)
         version = log_and_register(s, run, student, tags)
     run.record.update(registered_version=version)

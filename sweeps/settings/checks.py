@@ -69,12 +69,56 @@ def family_config(cfg: DictConfig) -> dict:
     return spec
 
 
+def model_classes(cfg: DictConfig):
+    """`model.num_classes`: null (unconditional), a positive integer (class-conditional on that many classes), or
+    `auto` (the dataset's). A teacher that brings its network (diffusers) says for itself (its source checks)."""
+    value = cfg.model.get("num_classes")
+    if value is None:
+        return None
+    if brings_family(cfg):
+        return value
+    name, have = cfg.data.name, core_data.CLASSES.get(cfg.data.name)
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"model.num_classes must be null (unconditional), a positive integer or auto (the "
+                          f"dataset's); got {value!r}")
+    if have is None:
+        labelled = ", ".join(core_data.CLASSES)
+        raise ConfigError(f"model.num_classes={value}: data.name={name} has no class labels; a class-conditional model "
+                          f"needs one of {labelled}")
+    if cfg.model.preset == "mlp":
+        raise ConfigError("model.num_classes: the mlp preset has no class embedding; use a unet_* or ddpm_* preset")
+    if value == "auto":
+        return have
+    if value < have:
+        raise ConfigError(f"model.num_classes={value} is smaller than data.name={name}'s {have} classes (labels 0..{have - 1}); "
+                          f"use {have} or auto")
+    return value
+
+
+def teacher_classes_problem(source: str, teacher_classes, asked, data_name: str):
+    """Why a teacher of `teacher_classes` (None: unconditional) cannot run with `model.num_classes=asked` on
+    `data_name`, or None. A conditional teacher makes the job conditional (`asked` null or auto)."""
+    if teacher_classes is None:
+        if asked not in (None, "auto"):
+            return (f"model.num_classes={asked}: teacher.source={source} is an unconditional teacher; "
+                    f"leave model.num_classes unset (null)")
+        return None
+    if asked not in (None, "auto") and asked != teacher_classes:
+        return (f"model.num_classes={asked}: teacher.source={source} is class-conditional on {teacher_classes} classes; "
+                f"set model.num_classes={teacher_classes} or leave it unset")
+    have = core_data.CLASSES.get(data_name)
+    if have is None or have > teacher_classes:
+        return (f"teacher.source={source} is class-conditional on {teacher_classes} classes: data.name={data_name} "
+                + ("has no class labels" if have is None else f"has {have}"))
+    return None
+
+
 def teacher_config(cfg: DictConfig) -> TeacherConfig:
     t = _plain(cfg.teacher)
     known = {f.name for f in fields(TeacherConfig)}
     tc = TeacherConfig(**{k: v for k, v in t.items() if k in known}, preset=cfg.model.preset,
                        dropout=cfg.model.dropout, width=cfg.model.get("width"), seed=cfg.seed, compile=cfg.compile,
-                       precision=cfg.precision, family=family_config(cfg))
+                       precision=cfg.precision, family=family_config(cfg), num_classes=model_classes(cfg))
     if tc.width is not None and (not isinstance(tc.width, int) or isinstance(tc.width, bool) or tc.width < 1):
         raise ConfigError(f"model.width must be a positive integer or null (the preset's); got {tc.width!r}")
     for key in ("updates", "batch_size"):
@@ -114,6 +158,7 @@ def check_keys(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
                           f"distill.parameterization ({cfg.distill.parameterization}): the student starts from the teacher")
     check_eval(cfg.eval, cfg.objective)
     check_tracking(cfg.tracking)
+    model_classes(cfg)  # (before the preset-and-data rule: a set without labels is the first thing to say)
     if not brings_family(cfg) and (cfg.data.name == "toy2d") != (cfg.model.preset == "mlp"):
         raise ConfigError(f"model.preset=mlp goes with data.name=toy2d only; got model.preset={cfg.model.preset}, data.name={cfg.data.name}")
     return teacher_config(cfg), distill_config(cfg)

@@ -30,14 +30,14 @@ def from_hydra(cfg: DictConfig) -> JobSettings:
                                                      "teacher.batch_size": cfg.teacher.batch_size}, device)
     if problem:
         fail(problem)
-    overrides, cfg = hydra_overrides(), without_hydra(cfg)
+    overrides, cfg = hydra_overrides(), with_classes(without_hydra(cfg), tc.num_classes)
     return JobSettings(
         teacher=tc, distill=dc, teacher_source=str(cfg.teacher.source), data=_pick(DataSettings, cfg.data),
         eval=_pick(EvalSettings, cfg.eval, ancestral_gammas=tuple(cfg.eval.ancestral_gammas)),
         tracking=_pick(TrackingSettings, cfg.tracking, experiment=cfg.experiment_name),
         registry=_pick(RegistrySettings, cfg.registry), seed=cfg.seed, objective=cfg.objective, device=device,
         devices=cfg.devices, nodes=cfg.nodes, cache_dir=Path(cfg.cache_dir), output_dir=output_dir(), key=job_key(cfg),
-        label=run_label(dc.method, tc.family["family"], dc.schedule, overrides), overrides=overrides,
+        label=run_label(dc.method, tc.family["family"], dc.schedule, overrides, tc.num_classes), overrides=overrides,
         params=params_of(cfg), resolved_yaml=resolved_yaml(cfg), trial=trial)
 
 
@@ -48,6 +48,19 @@ def params_of(cfg: DictConfig) -> dict:
     if not brings_family(cfg):
         return params
     return {k: v for k, v in params.items() if k.split(".")[0] not in ("diffusion", "model", "teacher") or k == "teacher.source"}
+
+
+def with_classes(cfg: DictConfig, num_classes) -> DictConfig:
+    """The job's config with `model.num_classes` as the number it resolved to (`auto`: the dataset's), which is
+    what its key, params and resolved config carry; left out where null, so that the keys of unconditional
+    jobs are those they had before the key existed (a stored killed job still resumes)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    if "model" in cfg:
+        if num_classes:
+            cfg.model.num_classes = int(num_classes)
+        elif "num_classes" in cfg.model and cfg.model.num_classes is None:
+            del cfg.model["num_classes"]
+    return cfg
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:
@@ -98,13 +111,13 @@ def job_key(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_label(method: str, family: str, schedule, overrides: list[str]) -> str:
-    """The run's name: method, family, schedule and the values this job was given on the command line
-    (a sweep's swept values), e.g. `tract vp 256-16-1 mu_s=0.9`."""
-    given = []
+def run_label(method: str, family: str, schedule, overrides: list[str], num_classes=None) -> str:
+    """The run's name: method, family, schedule, `cond` for a class-conditional job, and the values this job was
+    given on the command line (a sweep's swept values), e.g. `tract vp 256-16-1 cond mu_s=0.9`."""
+    given = ["cond"] if num_classes else []
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
-        if not sep or key.split(".")[0] in NOT_IN_NAMES or key in ("distill.schedule",):
+        if not sep or key.split(".")[0] in NOT_IN_NAMES or key in ("distill.schedule", "model.num_classes"):
             continue
         try:
             value = f"{float(value):.4g}" if any(c in value for c in ".eE") else value

@@ -81,6 +81,11 @@ class DiffusersTeacher:
         except ValueError as e:
             raise TeacherError(f"teacher.source={self.source}: {e}") from None
         check_fits(self.source, self.shape, s.data.name, s.distill.schedule, self.family)
+        from ..settings.checks import teacher_classes_problem
+        problem = teacher_classes_problem(self.source, self.folder.unet_config().get("num_class_embeds"),
+                                          s.teacher.num_classes, s.data.name)
+        if problem:
+            raise TeacherError(problem)
         self.weights = self.folder.weights(s.registry.pickle)
         self.sha256, self.key = files.fingerprint(self.folder, self.weights)
 
@@ -104,7 +109,8 @@ class DiffusersTeacher:
         """One teacher run (role=teacher) holding the source, its configs and the registered version."""
         from ..tracking import registry
         sc = self.folder.scheduler_config()
-        tags = {"role": "teacher", "teacher_key": self.key, "family": "ddpm", "source": self.source}
+        tags = {"role": "teacher", "teacher_key": self.key, "family": "ddpm", "source": self.source,
+                **({"num_classes": model.num_classes} if model.num_classes else {})}
         run = MlflowClient().create_run(experiment_id, run_name=f"teacher {self.source}", tags=tags)
         with mlflow.start_run(run_id=run.info.run_id, nested=mlflow.active_run() is not None):
             mlflow.log_params({"teacher.source": self.source, "teacher.revision": self.folder.revision or None,

@@ -25,6 +25,7 @@ def check_registered(version, allow_pickle: bool, family: Optional[str], source:
 class RegisteredTeacher:
     def __init__(self, settings):
         self.uri, self.family = settings.teacher_source, settings.family
+        self.classes, self.data_name = settings.teacher.num_classes, settings.data.name
         self.allow_pickle, self.device = settings.registry.pickle, settings.device if settings.devices == 1 else "cpu"
         self.acquired = None
 
@@ -38,6 +39,11 @@ class RegisteredTeacher:
             raise TeacherError(f"teacher.source: no registered model at {self.uri!r} "
                                f"(expected models:/NAME@ALIAS or models:/NAME/VERSION of an existing version)") from None
         check_registered(version, self.allow_pickle, self.family, self.uri)
+        from ..settings.checks import teacher_classes_problem
+        classes = int(version.tags["num_classes"]) if version.tags.get("num_classes") else None
+        problem = teacher_classes_problem(self.uri, classes, self.classes, self.data_name)
+        if problem:
+            raise TeacherError(problem)
         ref = TeacherRef.of(version)
         try:  # a tampered or missing weights file fails now, before any run exists
             self.acquired = Acquired(ref.load(self.device, self.allow_pickle), ref)

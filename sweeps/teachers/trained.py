@@ -30,7 +30,7 @@ def teacher_key(tc: TeacherConfig, data_cfg: dict) -> str:
     speed choices (compile, precision) are not.
     VP keys are those from before families existed, so stores keep reusing their VP teachers."""
     spec = {"teacher": {k: v for k, v in asdict(tc).items() if k not in ("checkpoint_every", "compile", "precision", "family")
-                        and not (k == "width" and v is None)},  # (keys from before model.width stay valid)
+                        and not (k in ("width", "num_classes") and v is None)},  # (keys from before them stay valid)
             "data": data_cfg}
     family = {k: v for k, v in tc.family.items() if k not in ("sampler", "t0")}  # (training never draws t = 0)
     if family != {"family": "vp"}:
@@ -105,8 +105,8 @@ class TrainedTeacher:
             teacher.info["teacher_key"] = self.key
             version = registry.log_and_register(teacher, "teacher", s.registry.teacher_name, {
                 "teacher_key": self.key, "role": "teacher", "dataset": data.name, "preset": tc.preset,
-                "parameterization": tc.parameterization, "family": s.family}, run.info.run_id, pickle=s.registry.pickle,
-                step=tc.updates)
+                "parameterization": tc.parameterization, "family": s.family, "num_classes": tc.num_classes},
+                run.info.run_id, pickle=s.registry.pickle, step=tc.updates)
             grid = log_samples(teacher, int(s.distill.schedule[0]), int(s.eval.grid_samples), s.seed)
             mlflow.set_tag("mlflow.note.content", f"**Teacher** {tc.preset} ({s.family}, {tc.parameterization}) on "
                            f"{data.name}, {tc.updates} updates, key `{self.key}`: registered as "
@@ -143,11 +143,15 @@ def log_samples(teacher, steps: int, count: int, seed: int) -> str:
     from PIL import Image
 
     from distill_core.images import save_grid
+    from distill_core.distill import balanced_labels
+    from distill_core.images import save_class_grid
     noise = torch.randn((max(count, 1), *teacher.data_shape), generator=torch.Generator().manual_seed(seed + 1))
+    labels = balanced_labels(len(noise), teacher.num_classes)
     with torch.no_grad():
-        samples = teacher.sample(noise, steps)
+        samples = teacher.sample(noise, steps, labels=labels)
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_grid(samples, Path(tmp) / f"teacher_{steps}steps.png")
+        path = Path(tmp) / f"teacher_{steps}steps.png"
+        path = save_grid(samples, path) if labels is None else save_class_grid(samples, labels, teacher.num_classes, path)
         mlflow.log_artifact(str(path), "samples")
         mlflow.log_image(np.asarray(Image.open(path).convert("RGB")), key="samples", step=0)
     return path.name

@@ -26,13 +26,17 @@ def describe_run(result, what: str, version: str, teacher, experiment_id: str, t
     name, number = version.rsplit("/", 1)
     lines = [f"**{what}**: the {last.steps}-step student's gap is **{_f(m.get('gap'))}**, {_f(_ratio(m))} of the "
              f"teacher's own {_f(m.get('teacher_gap'))} at {last.steps} step(s)"
-             + (f"; FID {_f(m['fid'])}" if "fid" in m else "") + ". "
+             + (f"; FID {_f(m['fid'])}" if "fid" in m else "")
+             + (f"; class accuracy {_f(m['class_acc'])} (teacher {_f(m.get('teacher_class_acc'))})" if "class_acc" in m
+                else "") + ". "
              f"Registered as [{version}](#/models/{name}/versions/{number}{ML}); teacher [{teacher.tag}]({teacher.page}{ML})"
              + (f" (its [run](#/experiments/{experiment_id}/runs/{teacher_run}{ML}))" if teacher_run else "") + ".",
-             "", "```", f"{'steps':>5}  {'gap':>8}  {'teacher gap':>11}  {'gap ratio':>9}  {'pixel FD':>8}  {'FID':>7}"]
+             "", "```", f"{'steps':>5}  {'gap':>8}  {'teacher gap':>11}  {'gap ratio':>9}  {'pixel FD':>8}  {'FID':>7}"
+             + (f"  {'class acc':>9}  {'teacher':>7}" if "class_acc" in m else "")]
     for p in result.phases:
         pm = p.metrics
         lines.append(f"{p.steps:>5}  {_f(pm.get('gap')):>8}  {_f(pm.get('teacher_gap')):>11}  {_f(_ratio(pm)):>9}  "
-                     f"{_f(pm.get('pixel_fd')):>8}  {_f(pm.get('fid')):>7}")
+                     f"{_f(pm.get('pixel_fd')):>8}  {_f(pm.get('fid')):>7}"
+                     + (f"  {_f(pm.get('class_acc')):>9}  {_f(pm.get('teacher_class_acc')):>7}" if "class_acc" in m else ""))
     figure = [f"![teacher beside student, each phase](get-artifact?path=samples%2Foverview.png&run_uuid={run_id})"]
     return "\n".join(lines + ["```", ""] + (figure if run_id else []))

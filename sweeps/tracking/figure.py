@@ -4,7 +4,10 @@ number of sampling steps, side by side, from the same noise.
 Why a figure of our own: MLflow's image cards fill with the run's params and open on a step slider,
 and its artifact view shows one PNG at a time, never two side by side. So the comparison is one PNG,
 `samples/overview.png`, rebuilt from the grids in the job folder as each phase ends (a resumed job too).
+A class-conditional job's grids have one row per class (the job folder's `classes.json` says how many);
+the figure labels each row with its class.
 """
+import json
 import re
 from pathlib import Path
 
@@ -34,16 +37,27 @@ def overview(folder: Path, out: Path, scale: int = 2):
     draw, font = ImageDraw.Draw(figure), ImageFont.load_default(size=16)
     for col, title in enumerate(("teacher", "student")):
         draw.text((LABEL_W + col * (cell_w + PAD), 4), title, fill="black", font=font)
+    classes = row_classes(folder)
     y = HEADER_H
     for (label, _, _), row, h in zip(table, grids, heights):
         draw.multiline_text((4, y), label, fill="black", font=font)
         for col, grid in enumerate(row):
             if grid:
                 figure.paste(grid, (LABEL_W + col * (cell_w + PAD), y))
+        if classes:  # grids of one row per class (2 px of padding around each cell, as save_grid draws them)
+            pitch = (h - 2 * scale) / len(classes)
+            for i, k in enumerate(classes):
+                draw.text((LABEL_W - 22, y + 2 * scale + i * pitch + pitch / 2 - 8), str(k), fill="black", font=font)
         y += h + PAD
     out = Path(out)
     figure.save(out)
     return out
+
+
+def row_classes(folder: Path):
+    """The classes of a class-conditional job's grid rows (its folder's `classes.json`), or None."""
+    path = Path(folder) / "classes.json"
+    return list(json.loads(path.read_text())["rows"]) if path.is_file() else None
 
 
 def _open(path: Path, scale: int):

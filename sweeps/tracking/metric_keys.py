@@ -42,7 +42,8 @@ def curve_keys(metrics: dict) -> dict:
     """A phase's evaluation as points of the quality-vs-steps curve, logged at step = its sampling step count:
     the student's gap (and FID/KID, pixel FD when on) beside the teacher's at the same count, so MLflow's
     chart of `by_steps/gap` and `by_steps/teacher_gap` is the curve both papers plot (across runs too)."""
-    return {f"{CURVE}{k}": float(v) for k, v in metrics.items() if k in ("gap", "teacher_gap", "fid", "kid", "pixel_fd")}
+    return {f"{CURVE}{k}": float(v) for k, v in metrics.items()
+            if k in ("gap", "teacher_gap", "fid", "kid", "pixel_fd", "class_acc", "teacher_class_acc")}
 
 
 STEP_KEY = re.compile(r"^(.+)/(\d+)step$")

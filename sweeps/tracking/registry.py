@@ -53,8 +53,9 @@ def signature(model):
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
     shape = (-1, *model.data_shape)
     steps = int(model.info.get("steps") or 64)
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
+    inputs = [TensorSpec(np.dtype(np.float32), shape)] if not model.num_classes else \
+        [TensorSpec(np.dtype(np.float32), shape, "noise"), TensorSpec(np.dtype(np.int64), (-1,), "labels")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
                           params=ParamSchema([ParamSpec("steps", "long", steps)]))
 
 
@@ -62,7 +63,8 @@ def input_example(model):
     """Two noise images of the model's shape (seeded): shown on the model's page and used by MLflow to check
     that the logged model loads and samples."""
     import numpy as np
-    return np.random.default_rng(0).standard_normal((2, *model.data_shape)).astype(np.float32)
+    noise = np.random.default_rng(0).standard_normal((2, *model.data_shape)).astype(np.float32)
+    return noise if not model.num_classes else {"noise": noise, "labels": np.arange(2, dtype=np.int64) % model.num_classes}
 
 
 def log_and_register(model, name: str, registered_name: str, tags: dict, run_id: str, pickle: bool = False,
@@ -161,15 +163,19 @@ MODEL_DESCRIPTION = """Distilled diffusion students from distill-sweeps (digits 
 Load and sample (no pickle; the weights' sha256 is checked first):
 
     import torch; from sweeps import registry
-    m = registry.load("models:/{name}/<version>")   # or models:/{name}@champion once `python -m sweeps.promote` set it
+    m = registry.load("models:/{name}/<version>")
     images = m.sample(torch.randn(16, *m.data_shape), steps)   # in [-1, 1]
+    # a class-conditional version (tag num_classes): one class index per sample
+    images = m.sample(torch.randn(16, *m.data_shape), steps, labels=torch.arange(16) % m.num_classes)
 
-or `mlflow.pyfunc.load_model(uri).predict(noise)` (samples at the version's own step count; params={{"steps": N}}).
+or `mlflow.pyfunc.load_model(uri).predict(noise)` (samples at the version's own step count; params={{"steps": N}};
+a class-conditional version takes `{{"noise": ..., "labels": ...}}`). The alias `models:/{name}@champion`
+exists once `python -m sweeps.promote` has set it (it ranks comparable versions; none has it before).
 A student on diffusers' UNet2DModel (family ddpm) also leaves as a diffusers pipeline: its run's artifact
 `diffusers/`, or `python -m sweeps.export models:/{name}/<version> OUT_DIR`.
 
 Version tags: method (tract | btd), family (vp | edm | ddpm), steps (the step count it samples with), schedule,
-parameterization, dataset, teacher_version (what it was distilled from), gap (RMSE to the teacher's many-step
+parameterization, dataset, num_classes (class-conditional versions only), teacher_version (what it was distilled from), gap (RMSE to the teacher's many-step
 samples from the same noise), teacher_gap (the teacher's own gap at the same step count), pixel_fd / fid / kid
 (where computed), weights_sha256, format. The version's source run has its metrics per phase, grids and
 checkpoints; its logged model lists the final evaluation."""
@@ -183,7 +189,8 @@ Use one as a job's teacher with `teacher.source=models:/{name}/<version>`, or lo
     m = registry.load("models:/{name}/<version>")
     images = m.sample(torch.randn(16, *m.data_shape), 64)   # in [-1, 1]
 
-Version tags: teacher_key, role, family (vp | edm | ddpm), preset, parameterization, dataset, weights_sha256,
+Version tags: teacher_key, role, family (vp | edm | ddpm), preset, parameterization, dataset, num_classes
+(class-conditional teachers only: a job with this teacher is class-conditional), weights_sha256,
 format (and for diffusers teachers: source, revision, source_sha256). The version's source run holds its
 training curve or, for a diffusers teacher, its U-Net and scheduler configs."""
 

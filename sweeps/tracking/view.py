@@ -10,7 +10,7 @@ import json
 
 TAG_PREFIX = "mlflow.sharedViewState."
 EXPERIMENT_VIEW = "distill-sweeps"
-HEADLINE = ("gap", "teacher_gap", "gap_ratio", "fid")  # final values (the last phase's), rounded when logged
+HEADLINE = ("gap", "teacher_gap", "gap_ratio", "fid", "class_acc")  # final values (the last phase's), rounded when logged
 PARAMS = ("distill.method", "distill.schedule", "distill.mu_s")
 
 
@@ -20,9 +20,10 @@ def column(kind: str, key: str) -> str:
 
 
 def state(params=PARAMS, search: str = "", order_by: str = "", ascending: bool = True) -> dict:
-    """The table's state: search facets and UI fields, as the UI's own "share view" writes them."""
-    columns = [column("attributes", "Models"), *(column("params", p) for p in params),
-               *(column("metrics", m) for m in HEADLINE)]
+    """The table's state: search facets and UI fields, as the UI's own "share view" writes them. The params come
+    first (a sweep's swept keys, left of the fold: its run names are cut there), then the result, then Models."""
+    columns = [*(column("params", p) for p in params), *(column("metrics", m) for m in HEADLINE),
+               column("attributes", "Models")]
     return {"searchFilter": search, "orderByKey": order_by or "attributes.start_time", "orderByAsc": ascending,
             "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
             "selectedColumns": columns, "runListHidden": False, "viewMaximized": False}

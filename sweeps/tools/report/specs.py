@@ -80,6 +80,11 @@ SPECS = {
                                  note="TRACT 1-step FID, CIFAR-10: VP/DDIM teacher 5.02 at 96M samples (Table 1, "
                                       "unverified), EDM/Heun teacher 3.78 at 256M (its EDM tables); gaps are to each "
                                       "family's own teacher, so compare pixel FD (or FID) across rows"),
+    "cond_tract_vs_btd": dict(axes=["distill.method"], layout="cell_steps", key=lambda p: p["distill.method"],
+                              steps=[1, 2, 4], paper={},
+                              note="class-conditional digits (DESIGN 3.10): TRACT [256, 16, 1] vs BTD's binary schedule; "
+                                   "class accuracy by a logistic regression on the digits' pixels; no paper numbers "
+                                   "(both papers' conditional runs are ImageNet-64 FIDs)"),
     "pd_fid_vs_steps": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]),
                             paper={1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57},
                             note="PD Table 2, distilled students' FID (the DDIM / stochastic curves of Fig. 4 "

@@ -45,8 +45,32 @@ def table(name: str, runs: list[dict]):
     value, final-phase metrics), "steps" (a row per step count, over the phases of every run), "teacher"
     (a row per cell, the teacher's base-step scores first)."""
     spec = SPECS[name]
-    layout = {"steps": steps_table, "teacher": teacher_table}.get(spec.get("layout", "runs"), runs_table)
+    layout = {"steps": steps_table, "teacher": teacher_table, "cell_steps": cell_steps_table}.get(
+        spec.get("layout", "runs"), runs_table)
     return layout(spec, runs)
+
+
+CELL_STEPS = ("gap", "teacher_gap", "class_acc", "teacher_class_acc")
+
+
+def cell_steps_table(spec: dict, runs: list[dict]):
+    """A row per (cell, step count in `spec["steps"]`): each cell's phases at that count, averaged over its runs
+    (its seeds), the student beside the teacher at the same count; the teacher's class accuracy at its base steps."""
+    cells = {}
+    for r in runs:
+        cells.setdefault(r["key"], []).append(r)
+    header = [" x ".join(spec["axes"]), "steps", "runs", "student gap", "teacher gap", "student class acc",
+              "teacher class acc", "teacher class acc at its base steps"]
+    body, ours = [], {}
+    for k in sorted_keys(cells):
+        base = mean([r["final"].get("teacher_class_acc_base") for r in cells[k]])
+        for steps in spec["steps"]:
+            found = [r["phases"][steps] for r in cells[k] if steps in r["phases"]]
+            avg = {m: mean([f.get(m) for f in found]) for m in CELL_STEPS}
+            body.append([label(k), str(steps), str(len(found)), *(fmt(avg[m]) for m in CELL_STEPS), fmt(base)])
+            if steps == min(spec["steps"]):
+                ours[k] = avg["gap"]
+    return header, body, [("1-step gap", ours, dict(spec["paper"]))]
 
 
 def steps_table(spec: dict, runs: list[dict]):
