@@ -16,6 +16,7 @@ import torch
 
 from distill_core import data as D
 from distill_core.callbacks import Callback
+from distill_core.diffusion import DiffusionModel
 from distill_core.distill import DistillConfig
 from distill_core.placement import DriftError
 from distill_core.teacher import TeacherConfig
@@ -84,9 +85,20 @@ def test_teacher_training_on_two_ranks_equals_one_device(teachers):
     assert len(losses1) == 1 and losses1[0][0] == 20  # (log_every 25: the last update logs)
 
 
-@pytest.mark.parametrize("method", ["tract", "btd"])
-def test_distillation_on_two_ranks_equals_one_device(teachers, digits, method, tmp_path):
-    teacher = teachers[1][0]
+def conditional_teacher(teacher):
+    """`teacher`'s weights with a class embedding of 10 classes (random, scaled up so that labels matter)."""
+    torch.manual_seed(0)
+    out = DiffusionModel("unet_tiny", teacher.data_shape, teacher.family.config(), network_overrides={"num_classes": 10})
+    out.load_state_dict(teacher.state_dict(), strict=False)
+    with torch.no_grad():
+        out.net.label_emb.weight.mul_(10)
+    return out
+
+
+@pytest.mark.parametrize("method,conditional", [("tract", False), ("btd", False), ("tract", True)])
+def test_distillation_on_two_ranks_equals_one_device(teachers, digits, method, conditional, tmp_path):
+    """(conditional: each rank draws its own labels with its own data; one label tensor per update.)"""
+    teacher = conditional_teacher(teachers[1][0]) if conditional else teachers[1][0]
     cfg = DistillConfig(method=method, schedule=[8, 4, 2], updates_per_phase=12, batch_size=32, lr=1e-4, mu_i=0.9,
                         mu_s=0.5, checkpoint_every=0, log_every=4)
     noise = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))

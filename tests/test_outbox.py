@@ -132,6 +132,27 @@ def test_what_was_reported_before_a_checkpoint_is_in_the_store_before_it_is_writ
     logger.close()
 
 
+def test_a_resumed_job_reports_again_only_what_the_store_does_not_have(run):
+    """A kill can land after step 10's metrics reached the store but before its checkpoint was written: the
+    resume from the step-5 checkpoint reports steps 10 and 15 again, and the phase's curve again. What the
+    run already has is skipped (`logged_steps`), what it lacks arrives: every step once."""
+    from sweeps.tracking.run_logger import RunLogger, logged_steps
+    client, run_id = run
+    first = RunLogger(run_id)
+    for step in (5, 10):
+        first.on_metrics({"distill/loss": 1.0 / step}, step)
+    first.on_phase_metrics(1, 4, 10, {"gap": 0.3, "teacher_gap": 0.4})
+    resumed = RunLogger(run_id, logged=logged_steps(run_id))
+    for step in (10, 15):
+        resumed.on_metrics({"distill/loss": 1.0 / step}, step)
+    resumed.on_phase_metrics(1, 4, 10, {"gap": 0.3, "teacher_gap": 0.4})
+    resumed.on_phase_metrics(2, 2, 15, {"gap": 0.5, "teacher_gap": 0.6})
+    history = {key: [m.step for m in client.get_metric_history(run_id, key)]
+               for key in client.get_run(run_id).data.metrics}
+    assert history["distill/loss"] == [5, 10, 15] and history["gap/4step"] == [10] and history["gap/2step"] == [15]
+    assert all(len(steps) == len(set(steps)) for steps in history.values()), history
+
+
 class BlackHole:
     """A port that accepts connections and never answers (a hung server, a half-open network path)."""
 
