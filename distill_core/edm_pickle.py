@@ -152,3 +152,36 @@ def network(path, key: Optional[str] = "ema") -> EDMFile:
         raise NotEDM(f"{path}: {precond.class_name} holds no network under 'model'")
     own = {k: v for k, v in precond.state.items() if not k.startswith("_") and k != "training"}  # sigma_data, ...
     return EDMFile(precond.class_name, own, inner.class_name, inner.init_kwargs, state_dict(inner))
+
+
+SUPPORTED_PRECONDITIONING = ("EDMPrecond",)
+
+
+def model_config(f: EDMFile) -> tuple:
+    """(data_shape, family, network_overrides) of a DiffusionModel for the file: EDMPrecond on the `edm` family
+    with the file's sigma_data; ValueError (one line) for another preconditioning or an unknown network."""
+    from .models.edm_nets import ARCHITECTURES
+    if f.precond not in SUPPORTED_PRECONDITIONING:
+        raise ValueError(f"the file's preconditioning is {f.precond}; supported: {', '.join(SUPPORTED_PRECONDITIONING)} "
+                         f"(EDM's own, the edm family; VP/VE-preconditioned files are refused)")
+    if f.network not in ARCHITECTURES:
+        raise ValueError(f"the file's network is {f.network}, not known here (known: {', '.join(ARCHITECTURES)})")
+    kwargs = {k: v for k, v in f.network_kwargs.items() if k not in ("in_channels", "out_channels")}
+    shape = (int(f.network_kwargs["in_channels"]), int(kwargs["img_resolution"]), int(kwargs["img_resolution"]))
+    family = {"family": "edm", "sigma_data": float(f.precond_kwargs.get("sigma_data", 0.5))}
+    return shape, family, {"architecture": f.network, "kwargs": kwargs}
+
+
+def load_model(path, key: Optional[str] = "ema"):
+    """A `DiffusionModel` (edm family) carrying the file's network and weights; nothing from the file runs."""
+    from .diffusion import DiffusionModel
+    f = network(path, key)
+    shape, family, overrides = model_config(f)
+    model = DiffusionModel("edm", shape, family, network_overrides=overrides,
+                           info={"role": "teacher", "source": f"edm:{path}"})
+    try:
+        model.net.inner.load_state_dict(f.state, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise ValueError(f"{path}: the file's tensors do not fit the {f.network} its arguments describe ({first[:200]})") from None
+    return model.eval()

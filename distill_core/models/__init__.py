@@ -38,6 +38,20 @@ PRESETS = {
     "diffusers": dict(kind="diffusers"),
     # toy2d points.
     "mlp": dict(kind="mlp", hidden=128, depth=3),
+    # EDM's published networks (NVlabs/edm train.py's presets; edm_nets.py): with diffusion=edm.
+    "edm_ddpmpp_cifar10": dict(kind="edm", architecture="SongUNet", kwargs=dict(
+        img_resolution=32, model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16],
+        dropout=0.13, embedding_type="positional", encoder_type="standard", decoder_type="standard",
+        channel_mult_noise=1, resample_filter=[1, 1])),
+    "edm_ncsnpp_cifar10": dict(kind="edm", architecture="SongUNet", kwargs=dict(
+        img_resolution=32, model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16],
+        dropout=0.13, embedding_type="fourier", encoder_type="residual", decoder_type="standard",
+        channel_mult_noise=2, resample_filter=[1, 3, 3, 1])),
+    "edm_adm_imagenet64": dict(kind="edm", architecture="DhariwalUNet", kwargs=dict(
+        img_resolution=64, label_dim=1000, model_channels=192, channel_mult=[1, 2, 3, 4], num_blocks=3,
+        attn_resolutions=[32, 16, 8], dropout=0.1)),
+    # a loaded NVlabs EDM file's own network (its class as `architecture`, its arguments as `kwargs`).
+    "edm": dict(kind="edm"),
 }
 
 
@@ -59,6 +73,17 @@ def build_network(preset: str, in_channels: int, out_heads: int = 1, **overrides
         from .diffusers_unet import DiffusersUNet
         return DiffusersUNet(in_channels, out_heads, spec.get("unet"), spec.get("dropout"), overrides.get("width"),
                              spec.get("num_classes"))
+    if kind == "edm":
+        from .edm_nets import EDMNetwork
+        if not spec.get("architecture"):
+            raise ValueError("model.preset=edm is a loaded EDM file's network (teacher.source=edm:PATH); pick "
+                             "edm_ddpmpp_cifar10, edm_ncsnpp_cifar10 or edm_adm_imagenet64 to build one")
+        kwargs = dict(spec.get("kwargs") or {})
+        if spec.get("num_classes"):
+            kwargs["label_dim"] = int(spec["num_classes"])
+        if overrides.get("width") is not None:
+            kwargs["model_channels"] = int(overrides["width"])
+        return EDMNetwork(in_channels, out_heads, spec["architecture"], kwargs, spec.get("dropout"))
     return UNet(in_channels=in_channels, out_heads=out_heads, **spec)
 
 
