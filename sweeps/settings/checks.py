@@ -20,10 +20,18 @@ OBJECTIVES = ("gap", "pixel_fd", "fid", "kid")
 # them `diffusion.*`, `model.*` and the teacher's training keys do not apply, and distill.parameterization
 # is the student's alone. (Named here, not looked up in sweeps.teachers: settings come before teachers.)
 BRINGS_FAMILY = ("diffusers:", "hf:")
+# Teacher sources that bring their network but run on a family the job names (sweeps.teachers.edm_source:
+# an NVlabs EDM file on `diffusion=edm`, whose keys are EDM's sampler settings): `model.*` and the teacher's
+# training keys do not apply.
+BRINGS_NETWORK = BRINGS_FAMILY + ("edm:",)
 
 
 def brings_family(cfg: DictConfig) -> bool:
     return str(cfg.teacher.source).startswith(BRINGS_FAMILY)
+
+
+def brings_network(cfg: DictConfig) -> bool:
+    return str(cfg.teacher.source).startswith(BRINGS_NETWORK)
 
 
 class ConfigError(ValueError):
@@ -75,7 +83,7 @@ def model_classes(cfg: DictConfig):
     value = cfg.model.get("num_classes")
     if value is None:
         return None
-    if brings_family(cfg):
+    if brings_network(cfg):
         return value
     name, have = cfg.data.name, core_data.CLASSES.get(cfg.data.name)
     if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -147,6 +155,12 @@ def check_keys(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
     elif cfg.model.preset == "diffusers":
         raise ConfigError("model.preset=diffusers is the network of a teacher.source=diffusers:PATH or hf:REPO teacher; "
                           "to build one here pick ddpm_tiny, ddpm_small or ddpm_cifar10")
+    if str(cfg.teacher.source).startswith("edm:") and cfg.diffusion.family != "edm":
+        raise ConfigError(f"teacher.source={cfg.teacher.source} is an EDM-preconditioned network: it runs on the edm "
+                          f"family; add diffusion=edm (diffusion.family is {cfg.diffusion.family})")
+    if cfg.model.preset == "edm" and not str(cfg.teacher.source).startswith("edm:"):
+        raise ConfigError("model.preset=edm is the network of a teacher.source=edm:PATH teacher; to build one here pick "
+                          "edm_ddpmpp_cifar10, edm_ncsnpp_cifar10 or edm_adm_imagenet64")
     one_of("distill.weighting", cfg.distill.weighting, core_weighting.WEIGHTINGS)
     one_of("teacher.weighting", cfg.teacher.weighting, core_weighting.WEIGHTINGS)
     one_of("objective", cfg.objective, OBJECTIVES)

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..common.errors import fail
-from .checks import ConfigError, brings_family, check_keys, resolve_device
+from .checks import ConfigError, brings_network, check_keys, resolve_device
 from .types import DataSettings, EvalSettings, JobSettings, RegistrySettings, TrackingSettings
 
 # keys left out of a run's name: where it runs and logs, not what it is
@@ -45,7 +45,7 @@ def params_of(cfg: DictConfig) -> dict:
     """The run's params; with a teacher that brings its family and network, not the keys it overrides."""
     from ..tracking.params import job_params
     params = job_params(cfg)
-    if not brings_family(cfg):
+    if not brings_network(cfg):
         return params
     return {k: v for k, v in params.items() if k.split(".")[0] not in ("diffusion", "model", "teacher") or k == "teacher.source"}
 

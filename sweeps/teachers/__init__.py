@@ -1,5 +1,5 @@
-"""Teacher sources: where a job's teacher comes from (trained and reused by key, registered, or a diffusers
-folder or hub id), behind one interface."""
+"""Teacher sources: where a job's teacher comes from (trained and reused by key, registered, a diffusers
+folder or hub id, or an NVlabs EDM file), behind one interface."""
 from .base import Acquired, TeacherSource
 from .reference import TAG, TeacherError, TeacherRef
 
@@ -8,7 +8,8 @@ from .reference import TAG, TeacherError, TeacherRef
 FORMS = (("train", "trained.TrainedTeacher", "train"),
          ("models:/", "registered.RegisteredTeacher", "models:/NAME@ALIAS (or models:/NAME/VERSION)"),
          ("diffusers:", "diffusers_source.DiffusersTeacher", "diffusers:PATH"),
-         ("hf:", "diffusers_source.DiffusersTeacher", "hf:REPO[@REVISION]"))
+         ("hf:", "diffusers_source.DiffusersTeacher", "hf:REPO[@REVISION]"),
+         ("edm:", "edm_source.EDMTeacher", "edm:PATH.pkl or edm:https://URL (an NVlabs EDM network, with diffusion=edm)"))
 
 
 def source_for(settings) -> TeacherSource:

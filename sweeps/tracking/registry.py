@@ -284,3 +284,15 @@ def abandon_model(model_id) -> None:
         MlflowClient().finalize_logged_model(model_id, LoggedModelStatus.FAILED)
     except Exception:  # noqa: BLE001 (a courtesy)
         pass
+
+
+def load_edm(path, device="cpu"):
+    """An NVlabs EDM network file (`edm-cifar10-32x32-uncond-vp.pkl`, ...) as a `DiffusionModel` on the edm
+    family, read as data: no code from the file runs (`distill_core.edm_pickle`). `path` is local; for a URL
+    let a job fetch it once (`teacher.source=edm:https://...`) or download it yourself.
+
+        m = registry.load_edm("edm-cifar10-32x32-uncond-vp.pkl")
+        images = m.sample(torch.randn(16, *m.data_shape), 18, clip=False)   # EDM's Heun, 18 steps
+    """
+    from distill_core.edm_pickle import load_model
+    return load_model(path).to(device)

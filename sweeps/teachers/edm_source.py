@@ -1,0 +1,141 @@
+"""An NVlabs EDM network file as the teacher: `teacher.source=edm:PATH` (a local `.pkl`) or
+`teacher.source=edm:https://...` (downloaded once into the cache, with a progress bar).
+
+The file is read as data (`distill_core.edm_pickle`: no code from it runs), its network rebuilt as our own
+SongUNet / DhariwalUNet with its recorded arguments, on the `edm` family (EDMPrecond; `diffusion=edm`).
+Everything about the file is checked before any run exists. The first job registers it once in
+`registry.teacher_name`, keyed by the file's sha256, as a weights-only version with its config as JSON and
+tags (source, sha256, network, preconditioning, its constructor arguments); later jobs reuse that version.
+"""
+import hashlib
+import json
+import logging
+import os
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from ..common.locks import exclusive
+from .base import Acquired
+from .reference import TeacherError, TeacherRef
+from .trained import find_registered
+
+log = logging.getLogger(__name__)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, cache_dir: Path) -> Path:
+    """`url`'s file in `cache_dir/edm/` (fetched once, written atomically, with a progress bar); TeacherError
+    (one line, saying what to do) where it cannot be fetched."""
+    target = Path(cache_dir).expanduser() / "edm" / hashlib.sha256(url.encode()).hexdigest()[:12] / Path(url).name
+    if target.is_file():
+        return target
+    from tqdm.auto import tqdm
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                     desc=f"downloading {Path(url).name}") as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.update(len(block))
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise TeacherError(f"teacher.source=edm:{url}: cannot be downloaded ({type(e).__name__}: {str(e)[:80]}); "
+                           f"download it where the internet is reachable and pass teacher.source=edm:/path/to/"
+                           f"{Path(url).name}") from None
+    os.replace(partial, target)
+    return target
+
+
+def check_fits(source: str, shape: tuple, data_name: str) -> None:
+    from distill_core.data import SHAPES
+    if SHAPES.get(data_name) != shape:
+        fits = [n for n, s in SHAPES.items() if s == shape]
+        hint = f"use data.name={' or '.join(fits)}" if fits else "no bundled dataset has that shape"
+        raise TeacherError(f"data.name={data_name} ({'x'.join(map(str, SHAPES.get(data_name, ())))}) does not fit "
+                           f"teacher.source={source}, which makes {'x'.join(map(str, shape))} images: {hint}")
+
+
+class EDMTeacher:
+    def __init__(self, settings):
+        self.s, self.source = settings, settings.teacher_source
+        self.location = self.source[len("edm:"):]
+
+    def check(self) -> None:
+        from distill_core import edm_pickle
+
+        from ..settings.checks import teacher_classes_problem
+        s = self.s
+        remote = self.location.startswith(("http://", "https://"))
+        self.path = download(self.location, s.cache_dir) if remote else Path(self.location).expanduser()
+        try:
+            self.file = edm_pickle.network(self.path)
+            self.shape, self.family, self.overrides = edm_pickle.model_config(self.file)
+        except ValueError as e:
+            raise TeacherError(f"teacher.source={self.source}: {e}") from None
+        if self.family["sigma_data"] != s.teacher.family.get("sigma_data", 0.5):
+            raise TeacherError(f"teacher.source={self.source} has sigma_data={self.family['sigma_data']}: set "
+                               f"diffusion.sigma_data={self.family['sigma_data']}")
+        check_fits(self.source, self.shape, s.data.name)
+        problem = teacher_classes_problem(self.source, self.file.network_kwargs.get("label_dim") or None,
+                                          s.teacher.num_classes, s.data.name)
+        if problem:
+            raise TeacherError(problem)
+        self.sha256 = sha256_of(self.path)
+        self.key = f"edm-{self.sha256[:16]}"
+
+    def acquire(self, data, ranks, experiment_id: str) -> Acquired:
+        s, name = self.s, self.s.registry.teacher_name
+        with exclusive(s.cache_dir / "locks" / f"teacher-{self.key}.lock"):
+            found = find_registered(name, self.key)
+            if found is not None:
+                log.info("reusing teacher %s version %s (%s)", name, found.version, self.source)
+                ref = TeacherRef.of(found)
+                return Acquired(ref.load(ranks.host_device, s.registry.pickle), ref)
+            model = self.load()
+            ref = TeacherRef(name, self.register(model, experiment_id))
+            return Acquired(model.to(ranks.host_device), ref)
+
+    def load(self):
+        """Our model with the file's weights, on the job's edm family (its sampler settings)."""
+        from distill_core.diffusion import DiffusionModel
+        from distill_core.edm_pickle import load_model
+        weights = load_model(self.path).net.state_dict()
+        model = DiffusionModel("edm", self.shape, self.s.teacher.family, network_overrides=self.overrides,
+                               info={"role": "teacher", "source": self.source, "source_sha256": self.sha256,
+                                     "teacher_key": self.key})
+        model.net.load_state_dict(weights)
+        return model.eval()
+
+    def register(self, model, experiment_id: str) -> str:
+        """One teacher run (role=teacher) holding the file's description and the registered version."""
+        from ..tracking import registry
+        f = self.file
+        tags = {"role": "teacher", "teacher_key": self.key, "family": "edm", "source": self.source,
+                "network": f.network, "preconditioning": f.precond,
+                **({"num_classes": model.num_classes} if model.num_classes else {})}
+        run = MlflowClient().create_run(experiment_id, run_name=f"teacher {Path(self.location).name}", tags=tags)
+        with mlflow.start_run(run_id=run.info.run_id, nested=mlflow.active_run() is not None):
+            mlflow.log_params({"teacher.source": self.source, "teacher.weights_sha256": self.sha256, "model.preset": "edm",
+                               **{f"network.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+                                  for k, v in f.network_kwargs.items()}})
+            mlflow.log_dict({"preconditioning": f.precond, "preconditioning_values": f.precond_kwargs,
+                             "network": f.network, "network_kwargs": f.network_kwargs}, "teacher/edm_config.json")
+            version = registry.log_and_register(model, "teacher", self.s.registry.teacher_name, {
+                **tags, "source_sha256": self.sha256, "preset": "edm", "parameterization": "edm",
+                "dataset": self.s.data.name,
+                "network_kwargs": json.dumps(f.network_kwargs, sort_keys=True)[:5000]},
+                run.info.run_id, pickle=self.s.registry.pickle)
+        log.info("registered teacher %s version %s from %s", self.s.registry.teacher_name, version, self.source)
+        return str(version)
