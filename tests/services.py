@@ -108,3 +108,29 @@ def stop(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def served_predictions(uri: str, store: Path, inputs, timeout: float = 180):
+    """The `predictions` that `mlflow models serve -m uri` (a real process on 127.0.0.1, the store's SQLite
+    registry) answers to `{"inputs": inputs}`."""
+    import json
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
+    log = open(store / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], cwd=store, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, body = time.time() + timeout, json.dumps({"inputs": inputs}).encode()
+        while time.time() < deadline and server.poll() is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                return json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+            except OSError:
+                time.sleep(1)
+        raise AssertionError((store / "serve.log").read_text()[-3000:])
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

@@ -104,6 +104,23 @@ def test_steps_and_teacher_layouts_put_each_phase_and_cell_in_its_row():
     assert [c[1][("x", "snr")] for c in comparisons] == [3.0, 4.0] and comparisons[1][2][("x", "snr")] == 2.75
 
 
+def test_the_class_conditional_table_has_a_row_per_method_and_step_count_with_the_teacher_beside():
+    from sweeps.tools.report.tables import table
+    phase = lambda g, acc: {"gap": g, "teacher_gap": 2 * g, "class_acc": acc, "teacher_class_acc": 1.0}  # noqa: E731
+    runs = [{"key": "tract", "final": {"teacher_class_acc_base/16step": 0.9}, "phases": {16: phase(0.03, 0.99),
+                                                                                         1: phase(0.1, 0.8)}},
+            {"key": "tract", "final": {"teacher_class_acc_base/16step": 0.7}, "phases": {1: phase(0.3, 0.6)}},
+            {"key": "btd", "final": {}, "phases": {s: phase(0.05 * s, 0.9) for s in (1, 2, 4)}}]
+    header, body, comparisons = table("cond_tract_vs_btd", runs)
+    rows = {(r[0], r[1]): dict(zip(header, r)) for r in body}
+    assert len(rows) == 6 and rows[("tract", "1")]["runs"] == "2"
+    assert float(rows[("tract", "1")]["student gap"]) == pytest.approx(0.2)
+    assert float(rows[("tract", "1")]["student class acc"]) == pytest.approx(0.7)
+    assert float(rows[("tract", "1")]["teacher class acc at its base steps"]) == pytest.approx(0.8)
+    assert rows[("tract", "2")]["student gap"] == "missing" and rows[("btd", "4")]["teacher gap"] == "0.4"
+    assert comparisons[0][1] == {"btd": pytest.approx(0.05), "tract": pytest.approx(0.2)}
+
+
 def test_recipe_attribution_cells_take_one_ml_tract_key_each_and_the_report_shows_the_seed_spread():
     """Each +mltract_key option changes exactly its key to ml-tract's value (all: every one, as distill=tract_mltract),
     and the report reads the cell back from the params the job logs, in either order of the overrides."""

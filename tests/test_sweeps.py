@@ -1,10 +1,7 @@
 """The product's front door, end to end: real processes (tests/processes.py), a real SQLite MLflow store and a
 real SQLite Optuna storage in a temporary folder (issue: sweeps)."""
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import mlflow
@@ -209,12 +206,8 @@ def test_jumps_replays_each_phase_checkpoint_on_the_teachers_path(store, mission
 def test_the_champion_samples_through_pyfunc_and_a_real_serving_process(store, mission):
     """`mlflow.pyfunc.load_model(uri).predict(noise)` and `mlflow models serve` (a real process on 127.0.0.1)
     return the student's samples at its own step count, equal to `registry.load(uri).sample(noise, steps)`."""
-    import json
-    import time
-    import urllib.request
-
     import numpy as np
-    from services import free_port
+    from services import served_predictions
     client = MlflowClient()
     try:
         champion = client.get_model_version_by_alias("distill-students", "champion")
@@ -227,29 +220,8 @@ def test_the_champion_samples_through_pyfunc_and_a_real_serving_process(store, m
     noise = torch.randn(3, *model.data_shape, generator=torch.Generator().manual_seed(5))
     expected = model.sample(noise, steps).numpy()
     assert np.allclose(mlflow.pyfunc.load_model(uri).predict(noise.numpy()), expected, atol=1e-5)
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
-    log = open(store / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], cwd=store, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline, answer = time.time() + 180, None
-        body = json.dumps({"inputs": noise.numpy().tolist()}).encode()
-        while time.time() < deadline and server.poll() is None:
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                                 headers={"Content-Type": "application/json"})
-                answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
-                break
-            except OSError:
-                time.sleep(1)
-        assert answer is not None, (store / "serve.log").read_text()[-3000:]
-        assert np.allclose(np.asarray(answer["predictions"], dtype=np.float32), expected, atol=1e-5)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+    answer = served_predictions(uri, store, noise.numpy().tolist())
+    assert np.allclose(np.asarray(answer, dtype=np.float32), expected, atol=1e-5)
 
 
 def test_promote_ranks_only_comparable_students(store, mission):

@@ -53,6 +53,13 @@ def table(name: str, runs: list[dict]):
 CELL_STEPS = ("gap", "teacher_gap", "class_acc", "teacher_class_acc")
 
 
+def base_class_acc(metrics: dict):
+    """The teacher's class accuracy at the schedule's base step count: logged once, in the first phase, under that
+    phase's step count (`teacher_class_acc_base/16step`)."""
+    found = [v for k, v in metrics.items() if k == "teacher_class_acc_base" or k.startswith("teacher_class_acc_base/")]
+    return found[0] if found else None
+
+
 def cell_steps_table(spec: dict, runs: list[dict]):
     """A row per (cell, step count in `spec["steps"]`): each cell's phases at that count, averaged over its runs
     (its seeds), the student beside the teacher at the same count; the teacher's class accuracy at its base steps."""
@@ -63,7 +70,7 @@ def cell_steps_table(spec: dict, runs: list[dict]):
               "teacher class acc", "teacher class acc at its base steps"]
     body, ours = [], {}
     for k in sorted_keys(cells):
-        base = mean([r["final"].get("teacher_class_acc_base") for r in cells[k]])
+        base = mean([base_class_acc(r["final"]) for r in cells[k]])
         for steps in spec["steps"]:
             found = [r["phases"][steps] for r in cells[k] if steps in r["phases"]]
             avg = {m: mean([f.get(m) for f in found]) for m in CELL_STEPS}
