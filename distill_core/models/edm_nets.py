@@ -125,6 +125,16 @@ class FourierEmbedding(nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)
 
 
+def _decoder_entry(dec, res: int, cout: int, lowest: bool, block: dict) -> None:
+    """A resolution's first decoder blocks: at the lowest, one with attention and one without; elsewhere, one
+    that upsamples."""
+    if lowest:
+        dec[f"{res}x{res}_in0"] = Block(cout, cout, attention=True, **block)
+        dec[f"{res}x{res}_in1"] = Block(cout, cout, **block)
+    else:
+        dec[f"{res}x{res}_up"] = Block(cout, cout, up=True, **block)
+
+
 def _decode(dec, x, skips, emb):
     """The decoder blocks of both U-Nets: a block whose input is wider than x takes the next skip first."""
     if x.shape[1] != dec.in_channels:
@@ -174,11 +184,7 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = Block(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = Block(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = Block(cout, cout, up=True, **block)
+            _decoder_entry(self.dec, res, cout, level == len(channel_mult) - 1, block)
             for i in range(num_blocks + 1):
                 attention = i == num_blocks and res in attn_resolutions
                 self.dec[f"{res}x{res}_block{i}"] = Block(cout + skips.pop(), model_channels * mult, attention=attention,
@@ -254,11 +260,7 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = Block(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = Block(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = Block(cout, cout, up=True, **block)
+            _decoder_entry(self.dec, res, cout, level == len(channel_mult) - 1, block)
             for i in range(num_blocks + 1):
                 self.dec[f"{res}x{res}_block{i}"] = Block(cout + skips.pop(), model_channels * mult,
                                                           attention=res in attn_resolutions, **block)

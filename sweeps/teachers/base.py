@@ -24,3 +24,21 @@ class TeacherSource(Protocol):
 
     def acquire(self, data, ranks, experiment_id: str) -> Acquired:
         """The teacher on `ranks.host_device`, and its reference."""
+
+
+def reuse_or_register(settings, key: str, source: str, ranks, load, register) -> Acquired:
+    """The teacher a brought-in source (`source`, keyed by `key`) already registered, or `load()` registered
+    now with `register(model)` (returns its version), under one lock per key: one registration per teacher."""
+    import logging
+
+    from ..common.locks import exclusive
+    from .trained import find_registered
+    name = settings.registry.teacher_name
+    with exclusive(settings.cache_dir / "locks" / f"teacher-{key}.lock"):
+        found = find_registered(name, key)
+        if found is not None:
+            logging.getLogger(__name__).info("reusing teacher %s version %s (%s)", name, found.version, source)
+            ref = TeacherRef.of(found)
+            return Acquired(ref.load(ranks.host_device, settings.registry.pickle), ref)
+        model = load()
+        return Acquired(model.to(ranks.host_device), TeacherRef(name, register(model)))

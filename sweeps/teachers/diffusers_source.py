@@ -13,11 +13,9 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ..common.locks import exclusive
 from . import diffusers_files as files
-from .base import Acquired
-from .reference import TeacherError, TeacherRef
-from .trained import find_registered
+from .base import Acquired, reuse_or_register
+from .reference import TeacherError
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +88,8 @@ class DiffusersTeacher:
         self.sha256, self.key = files.fingerprint(self.folder, self.weights)
 
     def acquire(self, data, ranks, experiment_id: str) -> Acquired:
-        s, name = self.s, self.s.registry.teacher_name
-        with exclusive(s.cache_dir / "locks" / f"teacher-{self.key}.lock"):
-            found = find_registered(name, self.key)
-            if found is not None:
-                log.info("reusing teacher %s version %s (%s)", name, found.version, self.source)
-                ref = TeacherRef.of(found)
-                return Acquired(ref.load(ranks.host_device, s.registry.pickle), ref)
-            model = load_teacher(self.folder, self.weights, self.shape, self.family, self.info())
-            ref = TeacherRef(name, self.register(model, experiment_id))
-            return Acquired(model.to(ranks.host_device), ref)
+        return reuse_or_register(self.s, self.key, self.source, ranks, lambda: load_teacher(self.folder, self.weights, self.shape, self.family, self.info()),
+                                 lambda model: self.register(model, experiment_id))
 
     def info(self) -> dict:
         return {"role": "teacher", "source": self.source, "revision": self.folder.revision,

@@ -17,10 +17,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ..common.locks import exclusive
-from .base import Acquired
-from .reference import TeacherError, TeacherRef
-from .trained import find_registered
+from .base import Acquired, reuse_or_register
+from .reference import TeacherError
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +94,8 @@ class EDMTeacher:
         self.key = f"edm-{self.sha256[:16]}"
 
     def acquire(self, data, ranks, experiment_id: str) -> Acquired:
-        s, name = self.s, self.s.registry.teacher_name
-        with exclusive(s.cache_dir / "locks" / f"teacher-{self.key}.lock"):
-            found = find_registered(name, self.key)
-            if found is not None:
-                log.info("reusing teacher %s version %s (%s)", name, found.version, self.source)
-                ref = TeacherRef.of(found)
-                return Acquired(ref.load(ranks.host_device, s.registry.pickle), ref)
-            model = self.load()
-            ref = TeacherRef(name, self.register(model, experiment_id))
-            return Acquired(model.to(ranks.host_device), ref)
+        return reuse_or_register(self.s, self.key, self.source, ranks, self.load,
+                                 lambda model: self.register(model, experiment_id))
 
     def load(self):
         """Our model with the file's weights, on the job's edm family (its sampler settings)."""
