@@ -172,16 +172,20 @@ def model_config(f: EDMFile) -> tuple:
     return shape, family, {"architecture": f.network, "kwargs": kwargs}
 
 
-def load_model(path, key: Optional[str] = "ema"):
-    """A `DiffusionModel` (edm family) carrying the file's network and weights; nothing from the file runs."""
+def build_model(f: EDMFile, family: Optional[dict] = None, info: Optional[dict] = None, where: str = "the file"):
+    """A `DiffusionModel` carrying `f`'s network and weights, on the edm family (`family`: its sampler settings;
+    default: the file's sigma_data and EDM's defaults); ValueError (one line) where the tensors do not fit."""
     from .diffusion import DiffusionModel
-    f = network(path, key)
-    shape, family, overrides = model_config(f)
-    model = DiffusionModel("edm", shape, family, network_overrides=overrides,
-                           info={"role": "teacher", "source": f"edm:{path}"})
+    shape, own, overrides = model_config(f)
+    model = DiffusionModel("edm", shape, family or own, network_overrides=overrides, info=info)
     try:
         model.net.inner.load_state_dict(f.state, strict=True)
     except RuntimeError as e:
         first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-        raise ValueError(f"{path}: the file's tensors do not fit the {f.network} its arguments describe ({first[:200]})") from None
+        raise ValueError(f"{where}: the file's tensors do not fit the {f.network} its arguments describe ({first[:200]})") from None
     return model.eval()
+
+
+def load_model(path, key: Optional[str] = "ema"):
+    """A `DiffusionModel` (edm family) carrying the file's network and weights; nothing from the file runs."""
+    return build_model(network(path, key), info={"role": "teacher", "source": f"edm:{path}"}, where=str(path))

@@ -92,21 +92,24 @@ class EDMTeacher:
             raise TeacherError(problem)
         self.sha256 = sha256_of(self.path)
         self.key = f"edm-{self.sha256[:16]}"
+        self.model = self.build()  # (tensors that do not fit the recorded arguments: refused before any run)
 
     def acquire(self, data, ranks, experiment_id: str) -> Acquired:
         return reuse_or_register(self.s, self.key, self.source, ranks, self.load,
                                  lambda model: self.register(model, experiment_id))
 
     def load(self):
+        return self.model
+
+    def build(self):
         """Our model with the file's weights, on the job's edm family (its sampler settings)."""
-        from distill_core.diffusion import DiffusionModel
-        from distill_core.edm_pickle import load_model
-        weights = load_model(self.path).net.state_dict()
-        model = DiffusionModel("edm", self.shape, self.s.teacher.family, network_overrides=self.overrides,
+        from distill_core.edm_pickle import build_model
+        try:
+            return build_model(self.file, self.s.teacher.family, where=self.source,
                                info={"role": "teacher", "source": self.source, "source_sha256": self.sha256,
                                      "teacher_key": self.key})
-        model.net.load_state_dict(weights)
-        return model.eval()
+        except ValueError as e:
+            raise TeacherError(str(e)) from None
 
     def register(self, model, experiment_id: str) -> str:
         """One teacher run (role=teacher) holding the file's description and the registered version."""
