@@ -2,7 +2,8 @@
 
 All supported sets fit in RAM (digits 1,797 x 8x8; Fashion-MNIST 60k x 28x28; CIFAR-10
 50k x 32x32x3 as uint8), so a batch is an index draw from a seeded generator: no DataLoader
-workers, fully deterministic. Horizontal flips only for cifar10. The image sets carry their class labels
+workers, fully deterministic. Horizontal flips only for cifar10. ImageNet-64 is read from EDM's
+`dataset_tool.py` zip (`image_zip`; `data.root=ZIP`). The image sets carry their class labels
 (`labels`, `num_classes`): `draw` gives a batch with its labels, from the same index draw as `batch` (a
 class-conditional job samples the training set uniformly, as both papers; DESIGN 3.10).
 """
@@ -16,10 +17,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "toy2d")
-SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "toy2d": (2,)}
+DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "imagenet64", "toy2d")
+SHAPES = {"digits": (1, 8, 8), "fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+          "imagenet64": (3, 64, 64), "toy2d": (2,)}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "cifar10": 10}  # sets with class labels (toy2d: none)
+CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "cifar10": 10, "imagenet64": 1000}  # sets with class labels (toy2d: none)
 
 
 class DataError(RuntimeError):
@@ -81,7 +83,7 @@ def load(name: str, split: str = "train", root: Optional[str] = None, seed: int 
     if split not in ("train", "test"):
         raise DataError(f"data.split must be train or test; got {split!r}")
     return {"digits": _digits, "fashion_mnist": _fashion_mnist, "mnist": _mnist,
-            "cifar10": _cifar10, "toy2d": _toy2d}[name](split, root, seed, toy_size)
+            "cifar10": _cifar10, "imagenet64": _imagenet64, "toy2d": _toy2d}[name](split, root, seed, toy_size)
 
 
 def _digits(split, root, seed, toy_size) -> TensorData:
@@ -141,6 +143,25 @@ def _cifar10(split, root, seed, toy_size) -> TensorData:
     ds = _torchvision(CIFAR10, root, split, f"{root}/cifar-10-batches-py/")
     return TensorData("cifar10", torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), flip=split == "train",
                       labels=torch.as_tensor(ds.targets).long())
+
+
+def _imagenet64(split, root, seed, toy_size) -> TensorData:
+    """ImageNet 64x64 as EDM prepares it (`dataset_tool.py --resolution=64x64`): a zip of PNGs and dataset.json
+    class labels, at `root`. One split (EDM trains and computes its FID references on the same zip); no flips
+    (EDM's ImageNet run has xflip off)."""
+    from .image_zip import ZipError, read_zip
+    if not root:
+        raise DataError("data.name=imagenet64 needs data.root=/path/to/imagenet-64x64.zip (EDM's dataset_tool.py zip)")
+    if split != "train":
+        raise DataError("data.name=imagenet64 has one split (EDM's dataset_tool.py zip): use data.split=train")
+    try:
+        images, labels = read_zip(root, SHAPES["imagenet64"])
+    except ZipError as e:
+        raise DataError(str(e)) from None
+    if labels is not None and not 0 <= int(labels.min()) <= int(labels.max()) < CLASSES["imagenet64"]:
+        raise DataError(f"data.root={root}: dataset.json's labels run {int(labels.min())}..{int(labels.max())}; "
+                        f"ImageNet's classes are 0..{CLASSES['imagenet64'] - 1}")
+    return TensorData("imagenet64", images, labels=labels)
 
 
 def _torchvision(cls, root: Path, split: str, expected: str):

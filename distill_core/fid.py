@@ -234,6 +234,32 @@ def frechet_distance(real: dict, features: torch.Tensor) -> float:
     return float(diff.dot(diff) + np.trace(real["sigma"]) + (centred ** 2).sum() / (k - 1) - 2 * root_trace)
 
 
+class StatsError(RuntimeError):
+    """An `eval.fid_ref` file that is not reference statistics."""
+
+
+def load_reference(path) -> dict:
+    """Precomputed FID reference statistics: an npz with `mu` (2048,) and `sigma` (2048, 2048) of the pool3
+    features of the TF 2015-12-05 Inception, as EDM's `fid.py ref` writes them (its `fid-refs/*.npz`, and
+    torch-fidelity's own statistics cache). Read without pickles; StatsError (one line) otherwise."""
+    import numpy as np
+    from .checkpoint import sha256
+    path = Path(path)
+    if not path.is_file():
+        raise StatsError(f"eval.fid_ref={path}: no such file (an npz of mu and sigma, such as EDM's "
+                              "fid-refs/cifar10-32x32.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+    except (KeyError, ValueError, OSError) as e:
+        raise StatsError(f"eval.fid_ref={path}: not an npz of mu and sigma ({type(e).__name__}: "
+                              f"{str(e)[:80]})") from None
+    if mu.shape != (2048,) or sigma.shape != (2048, 2048) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise StatsError(f"eval.fid_ref={path}: mu {mu.shape} and sigma {sigma.shape} must be (2048,) and "
+                              "(2048, 2048), finite (the Inception's pool3 features)")
+    return {"mu": mu, "sigma": sigma, "sha256": sha256(path)}
+
+
 def extrapolate_fid(fid_full: float, fid_half: float, k: int, n: int = 50_000) -> float:
     """apple/ml-tract's `approximate_fid` (lib/eval/fid.py): FID(m) ~ a + c / m through FID at k samples
     and the median FID of half-size subsets, evaluated at n: fid + (fid_half - fid) (k / n - 1)."""
@@ -245,18 +271,23 @@ class Evaluator:
     `seeds` independent sets of generated samples (FID: their min, as EDM and the distillation papers
     report, and mean), and optionally each set's FID extrapolated to `extrapolate_to` samples."""
 
-    def __init__(self, real_uint8: torch.Tensor, cache_name: str, fid: bool = True, kid: bool = True,
+    def __init__(self, real_uint8: Optional[torch.Tensor], cache_name: str, fid: bool = True, kid: bool = True,
                  num_samples: Optional[int] = None, weights: Optional[str] = "offline", device: str = "cpu",
                  seed: int = 0, batch_size: int = 64, cache_root: Optional[str] = None, seeds: int = 1,
-                 extrapolate: bool = False, extrapolate_to: int = 50_000):
+                 extrapolate: bool = False, extrapolate_to: int = 50_000, reference: Optional[dict] = None):
+        """`reference`: precomputed statistics (`load_reference`) in place of `real_uint8` (FID only)."""
         if not isinstance(seeds, int) or seeds < 1:
             raise ValueError(f"eval.fid_seeds must be a positive integer; got {seeds!r}")
+        if reference is not None and kid:
+            raise ValueError("eval.kid needs reference images; eval.fid_ref (statistics) gives FID only")
         self.seeds, self.extrapolate, self.extrapolate_to = seeds, extrapolate, extrapolate_to
-        self.reference_name = cache_name
+        self.reference_name, self.reference = cache_name, reference
         self.num_samples = num_samples or default_num_samples(device)
-        n_ref = min(self.num_samples, len(real_uint8))
-        order = torch.randperm(len(real_uint8), generator=torch.Generator().manual_seed(seed))[:n_ref]
-        self.real = RealImages(real_uint8[order])
+        self.real, n_ref = None, 0
+        if real_uint8 is not None:
+            n_ref = min(self.num_samples, len(real_uint8))
+            order = torch.randperm(len(real_uint8), generator=torch.Generator().manual_seed(seed))[:n_ref]
+            self.real = RealImages(real_uint8[order])
         self.fid, self.kid, self.device, self.seed, self.batch_size = fid, kid, device, seed, batch_size
         self.weights = resolve_weights(weights)
         tag = "tf2015" if self.weights is None else ("tf2015" if "6726825d" in Path(self.weights).name else "fidhelper")
@@ -269,19 +300,28 @@ class Evaluator:
         feature extractor's weights hash, seed sets, extrapolation."""
         import hashlib
         from .checkpoint import sha256
-        images = self.real.images.contiguous()
         how = f"min and mean over {self.seeds} seed sets" if self.seeds > 1 else "1 seed set"
         if self.extrapolate:
             how += f"; extrapolated to {self.extrapolate_to} samples (ml-tract approximate_fid)"
+        if self.reference is not None:
+            reference = (f"{self.reference_name}: precomputed statistics (mu, sigma)", self.reference["sha256"][:16])
+        else:
+            images = self.real.images.contiguous()
+            reference = (f"{self.reference_name}: {len(self.real)} images (order seed {self.seed})",
+                         hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16])
         return {"fid.num_samples": str(self.num_samples),
-                "fid.reference": f"{self.reference_name}: {len(self.real)} images (order seed {self.seed})",
-                "fid.reference_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16],
+                "fid.reference": reference[0], "fid.reference_sha256": reference[1],
                 "fid.extractor": EXTRACTOR,
                 "fid.weights_sha256": sha256(self.weights)[:16] if self.weights else "torch-fidelity download",
                 "fid.protocol": how}
 
     @classmethod
-    def from_config(cls, data, fid=True, kid=True, num_samples=None, weights="offline", device="cpu", seed=0, **kw):
+    def from_config(cls, data, fid=True, kid=True, num_samples=None, weights="offline", device="cpu", seed=0,
+                    fid_ref=None, **kw):
+        """Against the data's images, or against the statistics in the npz `fid_ref` (EDM's fid-refs format)."""
+        if fid_ref:
+            return cls(None, Path(fid_ref).name, fid=fid, kid=kid, num_samples=num_samples, weights=weights,
+                       device=device, seed=seed, reference=load_reference(fid_ref), **kw)
         h, w = data.shape[-2:]
         return cls(data.uint8_images(), f"{data.name}-train-{h}x{w}", fid=fid, kid=kid, num_samples=num_samples,
                    weights=weights, device=device, seed=seed, **kw)
@@ -294,7 +334,7 @@ class Evaluator:
                       cuda=self.device == "cuda", batch_size=self.batch_size, verbose=False,
                       feature_extractor=EXTRACTOR, feature_extractor_weights_path=self.weights,
                       # subsets of half the count, so KID's std over subsets means something at small n
-                      kid_subset_size=max(2, min(1000, n // 2, len(self.real) // 2)),
+                      kid_subset_size=max(2, min(1000, n // 2, len(self.real or ()) // 2 or n)),
                       rng_seed=self.seed if seed is None else seed,
                       save_cpu_ram=self.device != "cuda")  # no DataLoader worker processes on a CPU
         if self.cache_root:
@@ -328,7 +368,7 @@ class Evaluator:
         out = {}
         if self.fid:
             layer = utils.resolve_feature_layer_for_metric("fid", **kwargs)
-            real = metric_fid.fid_input_id_to_statistics_cached(2, extractor, layer, **kwargs)
+            real = self.reference or metric_fid.fid_input_id_to_statistics_cached(2, extractor, layer, **kwargs)
 
             def fid_of(features):
                 return frechet_distance(real, features)

@@ -100,3 +100,56 @@ def test_model_width_widens_the_network_and_keys_a_new_teacher_while_stored_keys
     assert teacher.net.emb[0].in_features == 64
     restored = DiffusionModel.from_state(teacher.to_state())  # a registered wide teacher loads wide
     assert restored.net.emb[0].in_features == 64
+
+
+def edm_zip(path, images, labels, names=None, extra=None):
+    """A zip as EDM's dataset_tool.py writes it: `00000/img00000000.png`, ..., and dataset.json's labels."""
+    import io
+    import json
+    import zipfile
+
+    from PIL import Image
+    names = names or [f"{i // 1000:05d}/img{i:08d}.png" for i in range(len(images))]
+    with zipfile.ZipFile(path, "w") as z:
+        for name, image in zip(names, images):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="png")
+            z.writestr(name, buffer.getvalue())
+        z.writestr("dataset.json", json.dumps(extra or {"labels": [[n, y] for n, y in zip(names, labels)]}))
+    return path
+
+
+def test_imagenet64_reads_edms_dataset_tool_zip_images_and_labels_in_file_order(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    names = [f"00000/img{i:08d}.png" for i in (3, 0, 4, 1, 2)]  # written out of order: read sorted, labels by name
+    labels = [7, 999, 0, 12, 500]
+    data = D.load("imagenet64", root=str(edm_zip(tmp_path / "in64.zip", images, labels, names)))
+    order = sorted(range(5), key=lambda i: names[i])
+    assert data.shape == (3, 64, 64) and data.num_classes == 1000 and not data.flip
+    assert torch.equal(data.values, torch.from_numpy(images[order]).permute(0, 3, 1, 2))
+    assert data.labels.tolist() == [labels[i] for i in order]
+    x, y = data.draw(4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 3, 64, 64) and -1 <= x.min() and x.max() <= 1 and y.dtype == torch.long
+    unlabelled = D.load("imagenet64", root=str(edm_zip(tmp_path / "u.zip", images[:2], None, extra={"labels": None})))
+    assert unlabelled.labels is None and unlabelled.num_classes is None
+
+
+def test_imagenet64_bad_zips_are_one_line_naming_the_key(tmp_path):
+    import numpy as np
+    small = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    good = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    cases = {"no such file": tmp_path / "missing.zip",
+             "is 32x32x3 (HWC); this set's images are 64x64x3": edm_zip(tmp_path / "small.zip", small, [0, 1]),
+             "has no label for 00000/img00000001.png": edm_zip(tmp_path / "half.zip", good, [0, 1],
+                                                               extra={"labels": [["00000/img00000000.png", 3]]}),
+             "ImageNet's classes are 0..999": edm_zip(tmp_path / "big.zip", good, [0, 1000]),
+             "not a readable zip": tmp_path / "text.zip"}
+    (tmp_path / "text.zip").write_text("not a zip")
+    for expected, path in cases.items():
+        with pytest.raises(D.DataError) as e:
+            D.load("imagenet64", root=str(path))
+        assert str(e.value).startswith(f"data.root={path}") and expected in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(D.DataError, match="needs data.root=/path/to/imagenet-64x64.zip"):
+        D.load("imagenet64")

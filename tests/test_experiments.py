@@ -34,7 +34,10 @@ def test_experiment_composes_and_names_only_real_keys(name, scale):
                 one = compose("config", overrides=[f"+experiment={name}", f"scale={scale}", f"{key}={value}"])
             check(one)  # every cell of the sweep is a valid job
     assert cfg.experiment_name == f"ablation-{name}"
-    if scale == "paper":
+    if name.startswith("tract_edm_"):  # the papers' EDM runs: their own data and NVlabs' teacher at either scale
+        assert cfg.teacher.source.startswith("edm:https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-")
+        assert cfg.diffusion.family == "edm" and cfg.eval.num_samples == 50000 and cfg.eval.fid_ref.endswith(".npz")
+    elif scale == "paper":
         assert cfg.data.name == "cifar10" and cfg.model.preset == "unet_cifar10" and cfg.eval.num_samples == 50000
 
 

@@ -136,3 +136,36 @@ def test_the_frechet_distance_of_a_few_features_is_torch_fidelitys():
         features = torch.randn(k, 64, generator=g) * 1.3 + 0.2
         theirs = metric_fid.fid_statistics_to_metric(real, metric_fid.fid_features_to_statistics(features), False)
         assert fid.frechet_distance(real, features) == pytest.approx(theirs[metric_fid.KEY_METRIC_FID], rel=1e-6), k
+
+
+def test_fid_against_precomputed_statistics_equals_fid_against_their_images(digits, weights, tmp_path):
+    """`eval.fid_ref`: an npz of mu and sigma in EDM's fid-refs format (its `fid.py ref` formula: the features'
+    mean and unbiased covariance, float64) gives the FID the images themselves give; bad files are one line."""
+    import numpy as np
+    from torch_fidelity import utils
+    train, test = digits
+    by_images = evaluator(train, tmp_path, 16, weights, kid=False)
+    kwargs = by_images.fidelity_kwargs()  # (the cached features: the images' own FID below reads them again)
+    features = utils.extract_featuresdict_from_input_id_cached(2, by_images.feature_extractor(), **kwargs)["2048"]
+    x = features.double()
+    mu = x.sum(0) / len(x)  # EDM's calculate_inception_stats, on one process
+    sigma = (x.T @ x - torch.outer(mu, mu) * len(x)) / (len(x) - 1)
+    ref = tmp_path / "digits-8x8.npz"
+    np.savez(ref, mu=mu.numpy(), sigma=sigma.numpy())
+    by_stats = fid.Evaluator.from_config(train, fid=True, kid=False, num_samples=16, weights=weights, fid_ref=str(ref))
+    assert by_stats.real is None
+    by_stats._extractor = by_images.feature_extractor()  # (the same network: built once)
+    probe = fid.RealImages(test.uint8_images()[:16])
+    assert by_stats.metrics_of(probe)["fid"] == pytest.approx(by_images.metrics_of(probe)["fid"], rel=1e-6)
+    tags = by_stats.protocol()
+    assert tags["fid.reference"].startswith("digits-8x8.npz: precomputed statistics")
+    from distill_core.checkpoint import sha256
+    assert tags["fid.reference_sha256"] == sha256(ref)[:16]
+    np.savez(tmp_path / "small.npz", mu=mu.numpy()[:64], sigma=sigma.numpy()[:64, :64])
+    np.savez(tmp_path / "objects.npz", mu=np.array([object()], dtype=object), sigma=sigma.numpy())
+    for name, expected in [("missing.npz", "no such file"), ("small.npz", "must be (2048,) and (2048, 2048)"),
+                           ("objects.npz", "not an npz of mu and sigma")]:
+        with pytest.raises(fid.StatsError, match=f"eval.fid_ref=.*{name}.*{expected.replace('(', '.').replace(')', '.')}"):
+            fid.load_reference(tmp_path / name)
+    with pytest.raises(ValueError, match="eval.kid needs reference images"):
+        fid.Evaluator.from_config(train, fid=True, kid=True, num_samples=16, weights=weights, fid_ref=str(ref))

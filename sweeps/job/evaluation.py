@@ -37,7 +37,8 @@ def phase_evaluator(ev, seed: int, data, device, teacher=None, base_steps=None):
         from distill_core import fid as core_fid
         evaluator = core_fid.Evaluator.from_config(data, fid=ev.fid, kid=ev.kid, num_samples=ev.num_samples,
                                                    weights=ev.inception_weights, device=device, seed=seed,
-                                                   seeds=ev.fid_seeds, extrapolate=ev.fid_extrapolate)
+                                                   seeds=ev.fid_seeds, extrapolate=ev.fid_extrapolate,
+                                                   fid_ref=ev.fid_ref)
         parts.append(lambda phase, steps, model: evaluator(model, steps))
         tags = evaluator.protocol()
     if not parts:

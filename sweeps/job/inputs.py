@@ -24,7 +24,9 @@ def check_inputs(s) -> Inputs:
         from distill_core import fid as core_fid
         try:
             core_fid.resolve_weights(s.eval.inception_weights)
-        except core_fid.WeightsError as e:
+            if s.eval.fid_ref:
+                core_fid.load_reference(s.eval.fid_ref)
+        except (core_fid.WeightsError, core_fid.StatsError) as e:
             fail(str(e))
     experiment_id = open_store(s.tracking)
     try:

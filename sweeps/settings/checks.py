@@ -194,6 +194,9 @@ def check_eval(ev, objective: str) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"eval.fid_seeds must be a positive integer; got {k!r}")
     one_of("eval.fid_extrapolate", ev.fid_extrapolate, (False, True))
+    if ev.fid_ref is not None and ev.kid:
+        raise ConfigError(f"eval.kid needs reference images; eval.fid_ref={ev.fid_ref} (statistics) gives FID only: "
+                          "add eval.kid=false")
     n = ev.num_samples
     if n is not None and (not isinstance(n, int) or n < 2):
         raise ConfigError(f"eval.num_samples must be an integer >= 2 or null; got {n!r}")

@@ -53,13 +53,16 @@ def params_of(cfg: DictConfig) -> dict:
 def with_classes(cfg: DictConfig, num_classes) -> DictConfig:
     """The job's config with `model.num_classes` as the number it resolved to (`auto`: the dataset's), which is
     what its key, params and resolved config carry; left out where null, so that the keys of unconditional
-    jobs are those they had before the key existed (a stored killed job still resumes)."""
+    jobs are those they had before the key existed (a stored killed job still resumes). The same for
+    `eval.fid_ref`, added later too."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     if "model" in cfg:
         if num_classes:
             cfg.model.num_classes = int(num_classes)
         elif "num_classes" in cfg.model and cfg.model.num_classes is None:
             del cfg.model["num_classes"]
+    if "eval" in cfg and "fid_ref" in cfg.eval and cfg.eval.fid_ref is None:
+        del cfg.eval["fid_ref"]
     return cfg
 
 

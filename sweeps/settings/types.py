@@ -37,6 +37,7 @@ class EvalSettings:
     inception_weights: Optional[str] = "offline"
     fid_seeds: int = 1
     fid_extrapolate: bool = False
+    fid_ref: Optional[str] = None
     pixel_fd_samples: int = 500
     teacher_curves: bool = False
     teacher_base: bool = False

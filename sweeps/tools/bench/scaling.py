@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from distill_core import data as core_data
 from distill_core.diffusion import DiffusionModel
 from distill_core.distill import DistillConfig, Distiller
 from distill_core.families import build as build_family
@@ -42,7 +43,7 @@ def scaling(preset="unet_tiny", batch=128, reps=20, device="cpu", devices=2, dif
     """Images/s and step time of TRACT on 1..`devices` ranks at `batch` per rank, and the efficiency."""
     from ...ranks.launch import Ranks
     name = DATA_FOR[preset]
-    shape = {"unet_tiny": (1, 8, 8), "unet_small": (1, 28, 28), "unet_cifar10": (3, 32, 32), "mlp": (2,)}[preset]
+    shape = core_data.SHAPES[name]
     out = {"device": device if device == "cpu" else torch.cuda.get_device_name(), "preset": preset,
            "batch_per_rank": batch, "diffusion": diffusion, "precision": precision, "data": name}
     for n in range(1, devices + 1):

@@ -69,7 +69,7 @@ def prepare(b: Setup, data_root=None) -> Setup:
         data = core_data.load(name, root=data_root) if name in ("digits", "toy2d") or data_root else None
     except core_data.DataError:
         data = None
-    b.shape = data.shape if data else {"unet_small": (1, 28, 28), "unet_cifar10": (3, 32, 32)}[b.preset]
+    b.shape = data.shape if data else core_data.SHAPES[name]
     b.data = (data or synthetic_data(name, b.shape)).to(b.device)
     b.family = build_family(FAMILY[b.diffusion][0])
     b.teacher = DiffusionModel(b.preset, b.shape, b.family).use_fast_paths(b.device, b.compile)

@@ -6,7 +6,8 @@ import torch
 from distill_core import data as core_data
 
 DATA_FOR = {"unet_tiny": "digits", "unet_small": "fashion_mnist", "unet_cifar10": "cifar10", "mlp": "toy2d",
-            "ddpm_tiny": "digits", "ddpm_small": "fashion_mnist", "ddpm_cifar10": "cifar10"}
+            "ddpm_tiny": "digits", "ddpm_small": "fashion_mnist", "ddpm_cifar10": "cifar10",
+            "edm_ddpmpp_cifar10": "cifar10", "edm_ncsnpp_cifar10": "cifar10"}  # (EDM's nets: with --diffusion edm)
 
 
 def sync(device):

@@ -85,6 +85,12 @@ SPECS = {
                               note="class-conditional digits (DESIGN 3.10): TRACT [256, 16, 1] vs BTD's binary schedule; "
                                    "class accuracy by a logistic regression on the digits' pixels; no paper numbers "
                                    "(both papers' conditional runs are ImageNet-64 FIDs)"),
+    "tract_edm_cifar10": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]), paper={1: 3.78, 2: 3.32},
+                              note="TRACT with NVlabs' EDM teacher (edm-cifar10-32x32-uncond-ve.pkl), CIFAR-10 FID at 50k "
+                                   "samples against EDM's reference statistics; the paper's 2-step number is a 40 -> 2 run"),
+    "tract_edm_imagenet64": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]), paper={1: 7.43, 2: 4.97},
+                                 note="TRACT with NVlabs' class-conditional EDM teacher (edm-imagenet-64x64-cond-adm.pkl), "
+                                      "ImageNet-64 FID at 50k samples against EDM's reference statistics"),
     "pd_fid_vs_steps": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]),
                             paper={1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57},
                             note="PD Table 2, distilled students' FID (the DDIM / stochastic curves of Fig. 4 "
