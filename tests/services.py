@@ -134,3 +134,79 @@ def served_predictions(uri: str, store: Path, inputs, timeout: float = 180):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+class Switch:
+    """A TCP relay on 127.0.0.1 in front of a server's port, switched by the test: `pass` relays; `hang` is a port
+    that takes connections and requests and never answers (every connection, the pooled ones included, goes
+    silent). Back to `pass`, the silent connections are closed (their clients see a reset and reconnect). A
+    server stopped behind it looks like one that resets every connection."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream, self.mode = int(upstream_port), "pass"
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections = []
+        import threading
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def set(self, mode: str) -> None:
+        assert mode in ("pass", "hang")
+        with self._lock:
+            self.mode, silent = mode, list(self.connections) if mode == "pass" else []
+            if mode == "pass":
+                self.connections = []
+        for conn in silent:
+            _close(conn)
+
+    def _accept(self) -> None:
+        import threading
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        import threading
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+        except OSError:
+            if self.mode == "pass":
+                _close(conn)  # (the server is down: the client's request fails at once)
+                return
+            upstream = None
+        threading.Thread(target=self._relay, args=(upstream, conn), daemon=True).start() if upstream else None
+        self._relay(conn, upstream)
+
+    def _relay(self, source, target) -> None:
+        """Bytes from `source` to `target` while passing; while hanging, read and dropped (nothing answers)."""
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if self.mode == "pass" and target is not None:
+                    target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            if sock is not None and self.mode == "pass":
+                _close(sock)
+
+    def close(self) -> None:
+        _close(self.listener)
+        self.set("pass")
+
+
+def _close(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

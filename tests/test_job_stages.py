@@ -15,7 +15,7 @@ from distill_core.diffusion import DiffusionModel
 from distill_core.distill import DistillConfig
 from distill_core.loop import DivergenceError
 from sweeps import registry
-from sweeps.job.distil import distil
+from sweeps.job.distil import distil, student_model
 from sweeps.job.endings import endings
 from sweeps.job.finish import finish
 from sweeps.job.inputs import check_inputs
@@ -65,6 +65,7 @@ def test_the_stages_in_this_process_from_the_inputs_to_the_finish(here):
     assert isinstance(inputs.teacher_source, TrainedTeacher) and inputs.data.name == "digits"
     with student_run(s, inputs) as run:
         assert run.record.get("status") == "RUNNING" and not run.resumed
+        student_model(s, run)
         teacher = acquire_teacher(s, run, inputs, ranks)
         assert teacher.ref == TeacherRef("distill-teachers", "1")
         assert run.record.get("teacher_version") == "distill-teachers/1"
@@ -155,6 +156,7 @@ def test_registration_resumes_from_whatever_a_killed_attempt_left(here):
         inputs = check_inputs(s)
         run_cm = student_run(s, inputs)
         run = run_cm.__enter__()
+        student_model(s, run)
         teacher = acquire_teacher(s, run, inputs, ranks)
         return s, run, run_cm, teacher, distil(s, run, teacher.model, inputs.data, ranks)
 

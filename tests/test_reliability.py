@@ -119,41 +119,72 @@ def test_four_parallel_jobs_on_the_default_sqlite_store_all_finish(tmp_path):
 
 
 def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_path):
-    """A real `mlflow server` stopped after phase one and started again (same port, same store):
-    1. once the job has trained to its end without it: the job finishes in the same run with every metric;
+    """A real `mlflow server` behind a switchable relay (`services.Switch`), away from the job's first progress
+    line until its last distillation checkpoint exists: first a port that takes requests and never answers,
+    then the server stopped.
+    1. the job trains through it all (the teacher's end and its registration included: registered once the store
+       is back) and finishes in the same run with every metric once; no wait of the training thread on the
+       outbox while the store was away lasted longer than the outbox's own bound for seeing that a store does
+       not answer (`outbox.ANSWER_S`, from the job's log);
     2. with `tracking.outage_limit_s=3`: a second job stops with one line after its next checkpoint
        (exit 3), keeping what it could not deliver; its rerun, with the server back, resumes in the same
        run and delivers it: every loss value arrives once."""
+    import re
+
+    from services import Switch
+
+    from sweeps.tracking.outbox import ANSWER_S
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     backend = f"sqlite:///{server_dir}/mlflow.db"
-    server, url = start_mlflow_server(server_dir, backend)
-    port = url.rsplit(":", 1)[1]
-    # (MLflow's own HTTP retries would make each attempt minutes long; the outbox's retry covers the outage)
-    env = {**env_for(tmp_path), "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    proc = processes.start("sweeps.run", [*TINY, "tracking.system_metrics_interval=1"], tmp_path, env)
+    server, direct = start_mlflow_server(server_dir, backend)
+    port = direct.rsplit(":", 1)[1]
+    switch = Switch(int(port))
+    url = switch.url
+    # (no MLflow retries, a request timeout well past ANSWER_S: the outbox sees a silent store by ANSWER_S alone)
+    env = {**env_for(tmp_path), "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(4 * ANSWER_S))}
+    teacher = ["teacher.updates=60", "teacher.checkpoint_every=20"]  # (its first progress line at 25: the store goes then)
+    proc = processes.start("sweeps.run", [*TINY, *teacher, "tracking.system_metrics_interval=1"], tmp_path, env)
+    log_file = tmp_path / "outputs" / "job" / "run.log"
     try:
-        wait_for(proc, tmp_path, lambda at: at[0] >= 1, "phase one's checkpoint")
-        server.terminate()
+        deadline = time.time() + 300
+        while not (log_file.is_file() and "teacher: " in log_file.read_text()):
+            assert proc.poll() is None and time.time() < deadline, "no progress line"
+            time.sleep(0.05)
+        switch.set("hang")  # the teacher trains on, ends, and distils against a port that never answers
+        wait_for(proc, tmp_path, lambda at: at[0] >= 1, "phase two's first checkpoint while the store hangs")
+        server.terminate()  # then the server stopped
         server.wait(timeout=30)
-        # the job trains on to its end with the server down (its last phase's checkpoint appears)
+        switch.set("pass")
         wait_for(proc, tmp_path, lambda at: at[0] == 3, "the last phase's checkpoint while the server is down")
         assert proc.poll() is None, "the job waits for the store to take what it kept"
         server, _ = start_mlflow_server(server_dir, backend, port=port)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
         assert "the store does not answer" in out + err and "answers again after" in out + err
+        assert "registering it once the store is back" in out + err
+        log = log_file.read_text()
+        waits = [float(w) for w in re.findall(r"the training thread waited ([0-9.]+) s \(.*\): the store does not", log)]
+        assert waits, "the job saw the store away at a checkpoint"
+        assert max(waits) <= ANSWER_S + 1.0, f"a wait on the absent store took {max(waits)} s"
         run, client = finished_with_every_metric(url, "distill-sweeps")
         assert {"sha256.phase1", "sha256.phase2", "sha256.phase3"} <= set(run.data.tags)
         files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
         assert {"checkpoints/phase2_2steps.pt", "checkpoints/phase3_1steps.pt"} <= files
         assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), "system metrics on by default"
-        assert client.search_model_versions("name = 'distill-students'")
+        (teacher_version,) = client.search_model_versions("name = 'distill-teachers'")
+        (student,) = client.search_model_versions("name = 'distill-students'")
+        assert student.tags["teacher_version"] == run.data.tags["teacher_version"] == f"distill-teachers/{teacher_version.version}"
+        assert run.data.tags["teacher_run_id"] == teacher_version.run_id
+        losses = [m.step for m in client.get_metric_history(teacher_version.run_id, "teacher/loss")]
+        assert sorted(losses) == sorted(set(losses)) and max(losses) == 60, "the teacher's losses, each once"
+        assert client.get_run(teacher_version.run_id).info.status == "FINISHED"
 
         second = tmp_path / "second"  # (its own job folder; the registered teacher is reused)
         second.mkdir()
-        cmd = [*TINY, "tracking.outage_limit_s=3", "tracking.system_metrics=false", "experiment_name=outage-limit"]
+        cmd = [*TINY, *teacher, "tracking.outage_limit_s=3", "tracking.system_metrics=false",
+               "experiment_name=outage-limit"]
         env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         proc = processes.start("sweeps.run", cmd, second, env)
         wait_for(proc, second, lambda at: at[0] >= 1, "phase one's checkpoint")
@@ -173,6 +204,7 @@ def test_a_tracking_server_outage_neither_stops_training_nor_loses_a_metric(tmp_
     finally:
         proc.kill()
         server.terminate()
+        switch.close()
 
 
 def finished_with_every_metric(url, experiment):

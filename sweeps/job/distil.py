@@ -1,9 +1,21 @@
 """Stage 4, the distillation: the schedule's phases on the job's ranks, reported into the student's run.
 
-The student's logged model is created first (once per job), so that the final phase's metrics link to
-it; a resumed job's reporter skips the metric steps its run already holds. The gap is measured on the
+The student's logged model is created at the job's start (`student_model`, once per job), so that the final
+phase's metrics link to it; a resumed job's reporter skips the metric steps its run already holds. The gap is measured on the
 same fixed noise in every phase (`eval.gap_samples`, seeded by `seed + 1`).
 """
+
+
+def student_model(s, run) -> None:
+    """The student's logged model, created once per job (before the teacher: at the job's start, while the store
+    answers), so that the final phase's metrics link to it."""
+    import mlflow
+    if not run.record.get("model_id"):
+        # (the client's call, not mlflow.initialize_logged_model: that makes it the active model, and the system
+        # metrics thread's first sample would link to it; only the final evaluation does)
+        model = mlflow.MlflowClient().create_logged_model(run.experiment_id, name="student", source_run_id=run.id,
+                                                          params={k: str(v) for k, v in s.params.items()})
+        run.record.update(model_id=model.model_id)
 
 
 def distil(s, run, teacher, data, ranks):
@@ -16,12 +28,6 @@ def distil(s, run, teacher, data, ranks):
     from ..tracking.reporter import RunReporter
     from ..tracking.run_logger import logged_steps
     from .evaluation import PhaseEvaluation
-    if not run.record.get("model_id"):
-        # (the client's call, not mlflow.initialize_logged_model: that makes it the active model, and the system
-        # metrics thread's first sample would link to it; only the final evaluation does)
-        model = mlflow.MlflowClient().create_logged_model(run.experiment_id, name="student", source_run_id=run.id,
-                                                          params={k: str(v) for k, v in s.params.items()})
-        run.record.update(model_id=model.model_id)
     reporter = RunReporter(mlflow.get_tracking_uri(), run.id, synchronous=not s.tracking.async_logging,
                            logged=logged_steps(run.id) if run.resumed else None,
                            evaluation=PhaseEvaluation(s.eval, s.seed), trial=s.trial,

@@ -115,7 +115,7 @@ def out_of_memory_line(s, run) -> str:
     import torch
 
     from ..teachers import TAG
-    key, batch = (("distill.batch_size", s.distill.batch_size) if run.record.get(TAG)
+    key, batch = (("distill.batch_size", s.distill.batch_size) if run.record.get(TAG) or run.record.get("teacher_trained")
                   else ("teacher.batch_size", s.teacher.batch_size))
     props = torch.cuda.get_device_properties(torch.device(s.device) if ":" in s.device else 0)
     torch.cuda.empty_cache()

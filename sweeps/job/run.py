@@ -23,7 +23,7 @@ def run_job(cfg: DictConfig) -> float:
 
 
 def stages(s, ranks) -> float:
-    from .distil import distil
+    from .distil import distil, student_model
     from .endings import endings
     from .finish import finish
     from .inputs import check_inputs
@@ -31,13 +31,15 @@ def stages(s, ranks) -> float:
     from .pruned import record_pruned
     from .register import register
     from .student_run import student_run
-    from .teacher import acquire_teacher
+    from .teacher import acquire_teacher, handed_over
     inputs = check_inputs(s)  # one line and exit 2 on bad input; nothing exists yet
     with owned(s, inputs.experiment_id), student_run(s, inputs) as run:  # one live owner; fresh, or resumed
         with endings(s, run):  # divergence, a failed rank, out of memory, a tracking outage, a bad teacher, a full disk
+            student_model(s, run)  # (now, while the store answers: training never waits on it)
             teacher = acquire_teacher(s, run, inputs, ranks)
             result = distil(s, run, teacher.model, inputs.data, ranks)
+            ref = handed_over(run, teacher)  # (a teacher trained in an outage: registered once the store is back)
             if result.stopped_after is not None:
                 return record_pruned(s, run, result)
-            version = register(s, run, result, teacher.ref)
-            return finish(s, run, result, version, teacher.ref)
+            version = register(s, run, result, ref)
+            return finish(s, run, result, version, ref)

@@ -8,10 +8,17 @@ from ..tracking.reporter import RunReporter, reported
 
 
 def teacher_task(placement, device, data, tc, reporter: Optional[RunReporter], checkpoint_path):
+    """The teacher's training. In the job's own process (one rank) a store that does not answer at its end is not
+    waited for: the reporter's `lingering` callback delivers on while the job distils (`teachers.handoff`)."""
     from distill_core.teacher import train_teacher
     callback = reporter.callback() if reporter is not None and placement.is_main else None
-    return reported(callback, Path(checkpoint_path).parent, lambda: train_teacher(
-        data.to(device), tc, callback=callback, checkpoint_path=checkpoint_path, device=device, placement=placement))
+    linger = callback is not None and placement.world_size == 1
+    model = reported(callback, Path(checkpoint_path).parent, lambda: train_teacher(
+        data.to(device), tc, callback=callback, checkpoint_path=checkpoint_path, device=device, placement=placement),
+        linger=linger)
+    if linger and not getattr(callback, "closed", True):
+        reporter.lingering = callback
+    return model
 
 
 def distill_task(placement, device, teacher, data, dc, workdir, reporter: Optional[RunReporter], eval_noise):

@@ -15,7 +15,8 @@ from .reference import TeacherRef
 
 class Acquired(NamedTuple):
     model: DiffusionModel
-    ref: TeacherRef
+    ref: TeacherRef  # (None while `pending`)
+    pending: object = None  # a `handoff.Handoff` whose `result()` is the ref: registration waits for the store
 
 
 class TeacherSource(Protocol):

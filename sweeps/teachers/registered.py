@@ -53,5 +53,5 @@ class RegisteredTeacher:
     def acquire(self, data, ranks, experiment_id: str) -> Acquired:
         if self.acquired is None:
             self.check()
-        model, ref = self.acquired
+        model, ref = self.acquired.model, self.acquired.ref
         return Acquired(model.to(ranks.host_device), ref)

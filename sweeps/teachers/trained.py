@@ -58,13 +58,22 @@ class TrainedTeacher:
 
     def acquire(self, data, ranks, experiment_id: str) -> Acquired:
         s, name = self.s, self.s.registry.teacher_name
-        with exclusive(s.cache_dir / "locks" / f"teacher-{self.key}.lock"):
+        lock = contextlib.ExitStack()  # (held past this call by a teacher whose hand-off waits for the store)
+        lock.enter_context(exclusive(s.cache_dir / "locks" / f"teacher-{self.key}.lock"))
+        try:
             found = self.reusable(name)
             if found is not None:
                 log.info("reusing teacher %s version %s (key %s)", name, found.version, self.key)
                 ref = TeacherRef.of(found)
-                return Acquired(ref.load(ranks.host_device, s.registry.pickle), ref)
-            return self.train(data, ranks, experiment_id)
+                acquired = Acquired(ref.load(ranks.host_device, s.registry.pickle), ref)
+            else:
+                acquired = self.train(data, ranks, experiment_id, lock)
+        except BaseException:
+            lock.close()
+            raise
+        if acquired.pending is None:
+            lock.close()
+        return acquired
 
     def reusable(self, name: str):
         """The registered version of this key, unless it is a pickle the user did not allow."""
@@ -76,45 +85,89 @@ class TrainedTeacher:
             return None
         return found
 
-    def train(self, data, ranks, experiment_id: str) -> Acquired:
+    def train(self, data, ranks, experiment_id: str, lock) -> Acquired:
         """Train in a top-level run of the job's experiment (which every student that uses it links to, tag
         `teacher_run_id`), register, return it. A run of this key left RUNNING or KILLED by a process that
-        died (the lock is ours, so none is alive) is continued, from the teacher's last checkpoint."""
-        from ..ranks.tasks import teacher_task
-        from ..tracking import dataset, params, registry, signals
-        from ..tracking.reporter import RunReporter
-        from ..tracking.run_logger import logged_steps
-        s, tc = self.s, self.s.teacher
+        died (the lock is ours, so none is alive) is continued, from the teacher's last checkpoint. Where the
+        store does not answer at the end, the registration is handed to a thread (`handoff.Handoff`) that holds
+        `lock` until it is done, and the job distils meanwhile."""
+        from ..tracking import signals
+        s = self.s
         run_id, resumed = self.teacher_run(experiment_id)
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
-                              log_system_metrics=bool(s.tracking.system_metrics)) as run, signals.killed_on_interrupt():
-            if not resumed:
-                mlflow.log_params(params.teacher_params(s.params))
-                dataset.log_dataset(data, s.data.as_dict())
-                mlflow.log_text(s.resolved_yaml, "config_resolved.yaml")
-            reporter = RunReporter(mlflow.get_tracking_uri(), run_id, synchronous=not s.tracking.async_logging,
-                                   logged=logged_steps(run_id) if resumed else None,
-                                   outage_limit_s=float(s.tracking.outage_limit_s))
+        with signals.killed_on_interrupt():
+            mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None,
+                             log_system_metrics=bool(s.tracking.system_metrics))
             try:
-                teacher = ranks.run(teacher_task, data, tc, reporter, s.cache_dir / "teachers" / self.key / "train_state.pt")
-            except Exception as e:  # the teacher's run ends FAILED with the reason (the `with` ends it)
+                teacher, lingering = self.trained(data, ranks, run_id, resumed)
+                teacher.info["teacher_key"] = self.key
+                if lingering is None:  # the store took everything: registered now
+                    version = self.hand_over(teacher, data, run_id)
+            except Exception as e:  # the teacher's run ends FAILED with the reason
                 from ..job.endings import disk_full
                 with contextlib.suppress(Exception):  # (a full store records nothing: the rerun finds it RUNNING)
                     mlflow.set_tags({"failure": str(e), **({"resumable": "true"} if disk_full(e) else {})})
+                    mlflow.end_run("FAILED")
                 raise
-            teacher.info["teacher_key"] = self.key
-            version = registry.log_and_register(teacher, "teacher", s.registry.teacher_name, {
-                "teacher_key": self.key, "role": "teacher", "dataset": data.name, "preset": tc.preset,
-                "parameterization": tc.parameterization, "family": s.family, "num_classes": tc.num_classes},
-                run.info.run_id, pickle=s.registry.pickle, step=tc.updates)
-            grid = log_samples(teacher, int(s.distill.schedule[0]), int(s.eval.grid_samples), s.seed)
-            mlflow.set_tag("mlflow.note.content", f"**Teacher** {tc.preset} ({s.family}, {tc.parameterization}) on "
-                           f"{data.name}, {tc.updates} updates, key `{self.key}`: registered as "
-                           f"[{s.registry.teacher_name}/{version}]({TeacherRef(s.registry.teacher_name, version).page}"
-                           "?workflowType=machine_learning); every job with this teacher config reuses it.\n\n"
-                           f"![its samples](get-artifact?path=samples%2F{grid}&run_uuid={run.info.run_id})")
-            mlflow.flush_async_logging()
-        return Acquired(teacher, TeacherRef(s.registry.teacher_name, str(version)))
+            if lingering is None:
+                mlflow.end_run()
+                return Acquired(teacher, TeacherRef(s.registry.teacher_name, str(version)))
+            return self.hand_over_later(teacher, data, run_id, lingering, lock)
+
+    def trained(self, data, ranks, run_id: str, resumed: bool):
+        """(the teacher, trained in the active run; the RunLogger still delivering its metrics, or None)."""
+        from ..ranks.tasks import teacher_task
+        from ..tracking import dataset, params
+        from ..tracking.reporter import RunReporter
+        from ..tracking.run_logger import logged_steps
+        s, tc = self.s, self.s.teacher
+        if not resumed:
+            mlflow.log_params(params.teacher_params(s.params))
+            dataset.log_dataset(data, s.data.as_dict())
+            mlflow.log_text(s.resolved_yaml, "config_resolved.yaml")
+        reporter = RunReporter(mlflow.get_tracking_uri(), run_id, synchronous=not s.tracking.async_logging,
+                               logged=logged_steps(run_id) if resumed else None,
+                               outage_limit_s=float(s.tracking.outage_limit_s))
+        teacher = ranks.run(teacher_task, data, tc, reporter, s.cache_dir / "teachers" / self.key / "train_state.pt")
+        return teacher, reporter.lingering
+
+    def hand_over(self, teacher, data, run_id: str) -> str:
+        """Register the trained teacher from its (active) run, with its grid and description; its version."""
+        from ..tracking import registry
+        s, tc = self.s, self.s.teacher
+        version = registry.log_and_register(teacher, "teacher", s.registry.teacher_name, {
+            "teacher_key": self.key, "role": "teacher", "dataset": data.name, "preset": tc.preset,
+            "parameterization": tc.parameterization, "family": s.family, "num_classes": tc.num_classes},
+            run_id, pickle=s.registry.pickle, step=tc.updates)
+        grid = log_samples(teacher, int(s.distill.schedule[0]), int(s.eval.grid_samples), s.seed)
+        mlflow.set_tag("mlflow.note.content", f"**Teacher** {tc.preset} ({s.family}, {tc.parameterization}) on "
+                       f"{data.name}, {tc.updates} updates, key `{self.key}`: registered as "
+                       f"[{s.registry.teacher_name}/{version}]({TeacherRef(s.registry.teacher_name, version).page}"
+                       "?workflowType=machine_learning); every job with this teacher config reuses it.\n\n"
+                       f"![its samples](get-artifact?path=samples%2F{grid}&run_uuid={run_id})")
+        mlflow.flush_async_logging()
+        return version
+
+    def hand_over_later(self, teacher, data, run_id: str, lingering, lock) -> Acquired:
+        """The store does not answer at the teacher's end: the job goes on with the teacher at once, and a thread
+        delivers its metrics, then registers it in its run, once the store answers (`handoff.Handoff`)."""
+        import copy
+
+        from ..tracking import store
+        from .handoff import Handoff
+        log.warning("tracking: the store does not answer at the teacher's end; distilling from it now, registering "
+                    "it once the store is back")
+        run_id, monitor = store.set_aside_active_run()
+        frozen = copy.deepcopy(teacher)  # (what is registered: the job's copy goes on to be used and moved)
+
+        def work() -> TeacherRef:
+            lingering.close()  # its metrics first (waits for the store, up to tracking.outage_limit_s)
+            if monitor is not None:
+                monitor.finish()
+            with mlflow.start_run(run_id=run_id, log_system_metrics=False):  # (this thread's own run stack)
+                version = self.hand_over(frozen, data, run_id)
+            log.info("tracking: the teacher is registered as %s/%s", self.s.registry.teacher_name, version)
+            return TeacherRef(self.s.registry.teacher_name, str(version))
+        return Acquired(teacher, None, Handoff(work, lock))
 
     def teacher_run(self, experiment_id: str) -> tuple[str, bool]:
         """(run id, resumed): this key's interrupted teacher run, else a new one."""

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 waits_log = logging.getLogger("tracking.waits")  # (not one of the console's loggers: the job's log file only)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch
+ANSWER_S = 5.0  # a delivery attempt in flight this long means the store does not answer (`Outbox.answer_s`)
 
 
 class TrackingOutage(RuntimeError):
@@ -43,7 +44,7 @@ class TrackingOutage(RuntimeError):
 
 class Outbox:
     def __init__(self, run_id: str, outage_limit_s: float = 600.0, retry_s: float = 2.0, tracking_uri=None,
-                 client=None, answer_s: float = 5.0):
+                 client=None, answer_s: float = ANSWER_S):
         """`client`: what delivers (default: an MlflowClient of `tracking_uri`, made in the delivering thread);
         `answer_s`: how long one delivery attempt may take before the store counts as not answering."""
         self.run_id, self.outage_limit_s, self.retry_s = run_id, float(outage_limit_s), float(retry_s)
@@ -109,7 +110,8 @@ class Outbox:
         seconds = time.monotonic() - start
         ended = "delivered" if delivered else "the store does not answer: kept in the outbox"
         self.waits.append((why, seconds, ended))
-        waits_log.info("tracking: the training thread waited %.3f s (%s): %s", seconds, why, ended)
+        level = logging.INFO if seconds >= 0.1 or not delivered else logging.DEBUG  # (a checkpoint's usual 0.00x s: quiet)
+        waits_log.log(level, "tracking: the training thread waited %.3f s (%s): %s", seconds, why, ended)
         return delivered
 
     def raise_if_stalled(self) -> None:

@@ -24,6 +24,7 @@ class RunReporter:
     outage_limit_s: float = 600.0  # how long the tracking store may not answer before the job stops
     model_id: Optional[str] = None  # the student's logged model: the final phase's metrics are linked to it
     final_steps: Optional[int] = None
+    lingering: Any = None  # in the job's own process: the RunLogger whose outbox outlived its training (`reported`)
 
     def callback(self, data=None, device="cpu", teacher=None, base_steps=None):
         import mlflow
@@ -33,25 +34,27 @@ class RunReporter:
         if mlflow.get_tracking_uri() != self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)
         extra = self.evaluation.build(data, device, teacher, base_steps) if self.evaluation is not None else None
-        client = mlflow.tracking.MlflowClient()
-        for key, value in (getattr(extra, "tags", None) or {}).items():  # the FID protocol, on the run
-            client.set_tag(self.run_id, key, value)
         outbox = None if self.synchronous else Outbox(self.run_id, self.outage_limit_s)
         callback = RunLogger(self.run_id, outbox=outbox, extra_metrics=extra, logged=self.logged,
                              model_id=self.model_id, final_steps=self.final_steps)
+        run_id = self.run_id
+        for key, value in (getattr(extra, "tags", None) or {}).items():  # the FID protocol, on the run (queued)
+            callback.out.call(lambda client, k=key, v=value: client.set_tag(run_id, k, v))
         return self.trial.wrap(callback) if self.trial is not None else callback
 
 
-def reported(callback, workdir, train):
+def reported(callback, workdir, train, linger: bool = False):
     """`train()`, then everything the callback queued delivered; on a tracking outage past its limit,
-    what is still queued goes to `workdir/SPILL` for the resumed job, and TrackingOutage goes on."""
+    what is still queued goes to `workdir/SPILL` for the resumed job, and TrackingOutage goes on. With `linger`
+    (a training whose process goes on: the teacher's, in the job's process), a store that does not answer
+    promptly at the end is not waited for: the callback's outbox delivers on (`RunLogger.close(linger=True)`)."""
     from .outbox import TrackingOutage
     if callback is None:
         return train()
     try:
         result = train()
         if hasattr(callback, "close"):  # (any core Callback may report; ours deliver what they queued)
-            callback.close()
+            callback.close(linger=True) if linger else callback.close()
         return result
     except TrackingOutage:
         outbox = getattr(callback, "out", None) or getattr(getattr(callback, "inner", None), "out", None)

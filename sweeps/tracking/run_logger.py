@@ -118,9 +118,17 @@ class RunLogger(Callback):
     def on_phase_end(self, phase, steps, model, metrics):
         return self.extra_metrics(phase, steps, model) if self.extra_metrics else {}
 
-    def close(self) -> None:
-        """Everything delivered (waits out an outage up to the limit, else TrackingOutage)."""
+    closed = False
+
+    def close(self, linger: bool = False) -> bool:
+        """Everything delivered (waits out an outage up to the limit, else TrackingOutage). With `linger`, only
+        while the store answers promptly (`Outbox.settle`): where it does not, False, and the outbox delivers on
+        in the background (a later `close()` waits for it)."""
+        if linger and not self.out.settle("end of training"):
+            return False
         self.out.close()
+        self.closed = True
+        return True
 
 
 def logged_steps(run_id: str) -> dict:

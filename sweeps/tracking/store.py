@@ -169,3 +169,14 @@ def flush() -> None:
 
 def parent_run_id() -> str | None:
     return os.environ.get(PARENT_ENV) or None
+
+
+def set_aside_active_run():
+    """This thread's active run taken off its run stack without a word to the store: `mlflow.end_run` less its
+    `set_terminated`, for a store that does not answer. Returns (the run's id, its system-metrics monitor or
+    None); the run is ended later, where waiting on the store is allowed (MLflow's run stack is per thread:
+    `mlflow.start_run(run_id=...)` in another thread takes it up there). MLflow has no public call for this."""
+    from mlflow.tracking import fluent
+    run = fluent._active_run_stack.get().pop()
+    fluent.MLFLOW_RUN_ID.unset()  # (as end_run)
+    return run.info.run_id, fluent.run_id_to_system_metrics_monitor.pop(run.info.run_id, None)
