@@ -334,7 +334,7 @@ class Evaluator:
                       cuda=self.device == "cuda", batch_size=self.batch_size, verbose=False,
                       feature_extractor=EXTRACTOR, feature_extractor_weights_path=self.weights,
                       # subsets of half the count, so KID's std over subsets means something at small n
-                      kid_subset_size=max(2, min(1000, n // 2, len(self.real or ()) // 2 or n)),
+                      kid_subset_size=max(2, min(1000, n // 2, len(self.real) // 2 if self.real is not None else n)),
                       rng_seed=self.seed if seed is None else seed,
                       save_cpu_ram=self.device != "cuda")  # no DataLoader worker processes on a CPU
         if self.cache_root:

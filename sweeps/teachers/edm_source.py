@@ -17,18 +17,12 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from distill_core.checkpoint import sha256
+
 from .base import Acquired, reuse_or_register
 from .reference import TeacherError
 
 log = logging.getLogger(__name__)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(url: str, cache_dir: Path) -> Path:
@@ -90,7 +84,7 @@ class EDMTeacher:
                                           s.teacher.num_classes, s.data.name)
         if problem:
             raise TeacherError(problem)
-        self.sha256 = sha256_of(self.path)
+        self.sha256 = sha256(self.path)
         self.key = f"edm-{self.sha256[:16]}"
         self.model = self.build()  # (tensors that do not fit the recorded arguments: refused before any run)
 

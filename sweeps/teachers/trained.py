@@ -195,9 +195,8 @@ def log_samples(teacher, steps: int, count: int, seed: int) -> str:
     import torch
     from PIL import Image
 
-    from distill_core.images import save_grid
     from distill_core.distill import balanced_labels
-    from distill_core.images import save_class_grid
+    from distill_core.images import save_class_grid, save_grid
     noise = torch.randn((max(count, 1), *teacher.data_shape), generator=torch.Generator().manual_seed(seed + 1))
     labels = balanced_labels(len(noise), teacher.num_classes)
     with torch.no_grad():
