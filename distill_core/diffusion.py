@@ -144,9 +144,11 @@ class DiffusionModel(nn.Module):
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def sample(self, noise: torch.Tensor, steps: int, clip: bool = True, labels=None) -> torch.Tensor:
+    def sample(self, noise: torch.Tensor, steps: int, clip: bool = True, labels=None,
+               progress: Optional[str] = None) -> torch.Tensor:
         """Deterministic `steps`-step sampling from `noise` ~ N(0, I) of shape (B, *data_shape); `labels`: one
-        class index per sample, for a class-conditional model (and only for one)."""
+        class index per sample, for a class-conditional model (and only for one); `progress`: a progress bar with
+        this label (on a terminal)."""
         if tuple(noise.shape[1:]) != self.data_shape:
             raise ValueError(f"noise must have shape (B, {', '.join(map(str, self.data_shape))}); got {tuple(noise.shape)}")
         model = self.conditioned(self.check_labels(labels, len(noise)))
@@ -155,7 +157,7 @@ class DiffusionModel(nn.Module):
         try:
             noise = noise.to(self._device())
             return run(lambda z, t, s: self.family.sample_step(model, z, t, s, clip), self.family.prior(noise),
-                       self.family.sampling_times(steps, noise.device), model.denoiser(clip))
+                       self.family.sampling_times(steps, noise.device), model.denoiser(clip), progress)
         finally:
             self.train(was_training)
 

@@ -29,7 +29,7 @@ from .diffusion import DiffusionModel
 from .ema import EMA
 from .families import build as build_family
 from .images import grid_classes, save_class_grid, save_grid
-from .loop import LoopSettings, run_updates
+from .loop import NONFINITE, LoopSettings, run_updates
 from .methods import build as build_method
 from .placement import Single
 from .weighting import check as check_weighting
@@ -53,7 +53,10 @@ class DistillConfig:
     loss_reduction: str = "mean"  # mean over pixels (PD) or sum (ml-tract: `.mean(0).sum()`); batch mean either way
     ema_reset: str = "none"  # phase: the inference EMA's counter restarts at each hand-over (ml-tract --reset=phase)
     target_precision: str = "float32"  # float64: the targets' arithmetic in double, as ml-tract (networks stay float32)
-    clip_x: Optional[bool] = None  # None: the reference's choice (btd off, tract on)
+    clip_x: Optional[bool] = None  # None: the reference's choice (btd off, tract on); shorthand for both roles below
+    clip_teacher: Optional[bool] = None  # clip the teacher's x_hat in its own steps (None: clip_x)
+    clip_self_teacher: Optional[bool] = None  # clip the self-teacher's x_hat in its jump (None: clip_x)
+    nonfinite_grads: str = "stop"  # stop: the job ends FAILED | zero: ml-tract's nan_to_num on the gradients, the step taken
     checkpoint_every: int = 100
     log_every: int = 25
     seed: int = 0
@@ -64,7 +67,13 @@ class DistillConfig:
 
 
 CHOICES = {"lr_schedule": ("linear", "constant"), "loss_reduction": ("mean", "sum"), "ema_reset": ("none", "phase"),
-           "target_precision": ("float32", "float64")}
+           "target_precision": ("float32", "float64"), "nonfinite_grads": NONFINITE}
+
+
+def clips(cfg: DistillConfig, method) -> tuple[bool, bool]:
+    """(the teacher's clip, the self-teacher's clip): each role's own key, else `clip_x`, else the method's default."""
+    both = cfg.clip_x if cfg.clip_x is not None else method.clip_default
+    return tuple(both if own is None else own for own in (cfg.clip_teacher, cfg.clip_self_teacher))
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -96,6 +105,9 @@ def validate(cfg: DistillConfig) -> None:
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"distill.{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+    for key in ("clip_x", "clip_teacher", "clip_self_teacher"):
+        if getattr(cfg, key) not in (None, True, False):
+            raise ValueError(f"distill.{key} must be true, false or null; got {getattr(cfg, key)!r}")
     check_weighting(cfg.weighting)
 
 
@@ -156,7 +168,7 @@ class Distiller:
         self.callback = callback if callback is not None and self.placement.is_main else Callback()
         self.workdir = Path(workdir)
         self.method = build_method(cfg.method)
-        self.clip = cfg.clip_x if cfg.clip_x is not None else self.method.clip_default
+        self.clip_teacher, self.clip_self_teacher = clips(cfg, self.method)
         self.original_teacher = teacher.use_fast_paths(device, cfg.compile, cfg.precision).eval()
         self.family = teacher.family  # times and noising of every phase: the teacher's grid
         self.eval_noise = eval_noise if eval_noise is not None else \
@@ -193,7 +205,8 @@ class Distiller:
 
     # --- checkpoints ---
     def state(self) -> dict:
-        return {"phase": self.phase, "step": self.step, "teacher": self.teacher.state_dict(),
+        teacher = self.teacher.state_dict() if self.phase > 0 else None  # (phase 1's is the job's teacher: not saved)
+        return {"phase": self.phase, "step": self.step, "teacher": teacher,
                 "teacher_family": self.teacher.family.config(),  # after phase 1 the teacher is a student
                 "student": self.student.state_dict(), "ema_i": self.ema_i.state_dict(),
                 "self_teacher": self.self_teacher.state_dict() if self.self_teacher else None,
@@ -205,18 +218,23 @@ class Distiller:
             return
         self.callback.on_save(name)
         digest = save_atomic(self.state(), self.workdir / name)
-        if name != self.checkpoint_path.name:  # the phase file is also the new resume point: copy, not re-serialise
+        if name != self.checkpoint_path.name:  # the phase file is also the new resume point: a second name for it
             tmp = self.checkpoint_path.with_name(f".{self.checkpoint_path.name}.tmp")
-            shutil.copyfile(self.workdir / name, tmp)
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(self.workdir / name, tmp)  # (the next save replaces the name, never the phase file's bytes)
+            except OSError:
+                shutil.copyfile(self.workdir / name, tmp)
             os.replace(tmp, self.checkpoint_path)
         self.callback.on_checkpoint(self.workdir / name, digest, name)
 
     def load(self, path: Path) -> None:
         state = load_checked(path, map_location=self.device)
         self.phase, self.step = state["phase"], state["step"]
-        self.teacher.load_state_dict(state["teacher"])
-        if "teacher_family" in state:  # (checkpoints from before noise families hold VP teachers only)
-            self.teacher.family = build_family(state["teacher_family"])
+        if state["teacher"] is not None:  # (None: still the job's own teacher, which it was built with)
+            self.teacher.load_state_dict(state["teacher"])
+            if "teacher_family" in state:  # (checkpoints from before noise families hold VP teachers only)
+                self.teacher.family = build_family(state["teacher_family"])
         self.student.load_state_dict(state["student"])
         self.ema_i.load_state_dict(state["ema_i"])
         if self.self_teacher is not None:
@@ -247,14 +265,14 @@ class Distiller:
         x = shard(x).to(dev)
         y = shard(y).to(dev) if self.num_classes else None  # one label tensor for teacher, self-teacher and student
         eps = shard(torch.randn((cfg.batch_size, *self.data.shape), generator=g)).to(dev)
-        teacher, clip = self.teacher.conditioned(y), self.clip
+        teacher = self.teacher.conditioned(y)
         self_teacher = self.self_teacher.module.conditioned(y) if self.self_teacher else None
 
         def teacher_step(z, t_from, t_to):  # the teacher's own sampler step (DDIM; Heun/Euler for EDM)
-            return teacher.step(z, t_from, t_to, clip)
+            return teacher.step(z, t_from, t_to, self.clip_teacher)
 
         def self_step(z, t_from, t_to):  # the self-teacher's DDIM jump
-            return self_teacher.jump(z, t_from, t_to, clip)
+            return self_teacher.jump(z, t_from, t_to, self.clip_self_teacher)
 
         with torch.inference_mode():
             draw = {k: shard(v).to(dev) if torch.is_tensor(v) else v for k, v in
@@ -285,9 +303,7 @@ class Distiller:
         if resumed:
             log.info("resuming distillation at phase %d, update %d", self.phase + 1, self.step)
         schedule = list(cfg.schedule)
-        # the evaluation's reference: rank 0 evaluates, the other ranks only train
-        reference = self.original_teacher.sample(self.eval_noise, schedule[0], labels=self.eval_labels) \
-            if self.placement.is_main else None
+        reference = self._reference(schedule[0]) if self.placement.is_main else None  # (the other ranks only train)
         if self.num_classes and self.placement.is_main:  # (the overview figure labels the grids' rows by class)
             self.workdir.mkdir(parents=True, exist_ok=True)
             rows = grid_classes(self.eval_labels, self.num_classes)
@@ -307,7 +323,8 @@ class Distiller:
             settings = LoopSettings(updates=updates[p], lr=cfg.lr, anneal=cfg.lr_schedule == "linear",
                                     grad_clip=cfg.grad_clip, log_every=cfg.log_every,
                                     checkpoint_every=cfg.checkpoint_every, progress=self.progress,
-                                    desc=f"{cfg.method} {teacher_steps}->{student_steps}", metric_prefix="distill")
+                                    desc=f"{cfg.method} {teacher_steps}->{student_steps}", metric_prefix="distill",
+                                    nonfinite=cfg.nonfinite_grads)
             emas = [e for e in (self.self_teacher, self.ema_i if self.mu_i > 0 else None) if e is not None]
 
             def save_mid(step: int) -> None:
@@ -331,6 +348,14 @@ class Distiller:
         final.info = dict(self.original_teacher.info, role="student", method=cfg.method, schedule=done,
                           steps=done[-1], distilled_steps=done[1:], teacher_info=dict(self.original_teacher.info))
         return DistillResult(final, self.results, None if self.phase == n_phases else self.phase)
+
+    def _reference(self, steps: int) -> torch.Tensor:
+        """The evaluation's reference: the teacher's own `steps`-step samples from the fixed noise (a published-size
+        teacher at 40 Heun steps takes minutes on a CPU: said on the console, with a bar on a terminal)."""
+        log.info("the teacher's reference: %d samples at %d steps (the gap's and the grids' yardstick)",
+                 len(self.eval_noise), steps)
+        return self.original_teacher.sample(self.eval_noise, steps, labels=self.eval_labels,
+                                            progress="teacher reference")
 
     def _grid(self, samples: torch.Tensor, name: str):
         """A grid PNG in the job's folder; a class-conditional model's has one row per class."""

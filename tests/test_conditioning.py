@@ -15,6 +15,7 @@ from distill_core import data as D
 from distill_core.diffusion import DiffusionModel
 from distill_core.distill import DistillConfig, Distiller, balanced_labels
 from sweeps import registry
+from targets import captured_target
 
 FAMILIES = {"vp": ("unet_tiny", {"family": "vp", "parameterization": "v"}),
             "edm": ("unet_tiny", {"family": "edm"}),
@@ -50,26 +51,6 @@ def baked(model, k):
     return out
 
 
-def captured_target(d, teacher_steps, student_steps):
-    """The loss's inputs for the next batch: (z_t, t, target, labels, draw), with the batch replayed from a copy
-    of the distiller's generator (as `Distiller.loss` draws it)."""
-    g = torch.Generator().manual_seed(0)
-    g.set_state(d.generator.get_state())
-    x, y = d.data.draw(d.cfg.batch_size, g)
-    eps = torch.randn((d.cfg.batch_size, *d.data.shape), generator=g)
-    draw = d.method.draw(d.cfg.batch_size, d.cfg.schedule[0], teacher_steps, student_steps, g)
-    captured = {}
-
-    def loss(kind, t, x_hat, target, reduction="mean"):
-        captured.update(t=t, target=target)
-        return (x_hat - target).pow(2).mean()
-
-    d.family.loss = loss
-    d.loss(teacher_steps, student_steps)
-    z_t = d.family.noise(x, d.family.time(draw["t"], d.cfg.schedule[0]), eps)
-    return z_t, captured["target"], y, draw
-
-
 @pytest.mark.parametrize("method", ["tract", "btd"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_target_is_the_unconditional_target_of_a_network_with_its_label_baked_in(family, method, tmp_path):
@@ -85,12 +66,13 @@ def test_each_target_is_the_unconditional_target_of_a_network_with_its_label_bak
     steps = SCHEDULES[family]
     z_t, target, y, draw = captured_target(d, steps[0], steps[1])
     assert len(set(y.tolist())) > 3, "a batch of several classes"
-    clip, base = d.clip, cfg.schedule[0]
+    base = d.cfg.schedule[0]
     for k in set(y.tolist()):
         t_baked = baked(d.teacher, k)
         s_baked = baked(d.self_teacher.module, k) if d.self_teacher else None
-        expected = d.method.target(d.family, lambda z, a, b: t_baked.step(z, a, b, clip),
-                                   (lambda z, a, b: s_baked.jump(z, a, b, clip)) if s_baked else None, z_t, draw, base)
+        expected = d.method.target(d.family, lambda z, a, b: t_baked.step(z, a, b, d.clip_teacher),
+                                   (lambda z, a, b: s_baked.jump(z, a, b, d.clip_self_teacher)) if s_baked else None,
+                                   z_t, draw, base)
         rows = y == k
         torch.testing.assert_close(target[rows], expected[rows], rtol=1e-5, atol=1e-6)
 

@@ -37,6 +37,9 @@ class Store:
     def log_artifact(self, run_id, path, folder):
         return self._send(("artifact", folder), self.client.log_artifact, run_id, path, folder)
 
+    def get_run(self, run_id):
+        return self._send(("get_run",), self.client.get_run, run_id)
+
 
 @pytest.fixture
 def run(tmp_path):
@@ -201,3 +204,43 @@ def test_a_store_that_answers_is_waited_for_before_a_checkpoint_and_the_wait_is_
     assert logger.out.waits[-1][0] == "before checkpoint distill_latest.pt" and logger.out.waits[-1][2] == "delivered"
     assert [m.step for m in client.get_metric_history(run_id, "distill/loss")] == [1]
     logger.close()
+
+
+class SlowUpload(Store):
+    """An artifact upload that takes `upload_s` (a GB-sized checkpoint); every other call answers at once, until
+    `down` (the store stops answering in the middle of the upload)."""
+
+    def __init__(self, client, upload_s):
+        super().__init__(client)
+        self.upload_s = upload_s
+
+    def log_artifact(self, run_id, path, folder):
+        time.sleep(self.upload_s)
+        return super().log_artifact(run_id, path, folder)
+
+
+def test_a_large_upload_that_moves_is_not_an_outage_and_one_whose_store_stops_answering_is(run, tmp_path):
+    """A large artifact takes longer than `answer_s` to move while the store answers its probes: no outage is
+    declared, none is counted, and the upload arrives. If the store stops answering mid-upload, the outage
+    counts from its last answer."""
+    client, run_id = run
+    store = SlowUpload(client, upload_s=1.5)
+    box = Outbox(run_id, outage_limit_s=60, retry_s=0.05, answer_s=0.3, client=store)
+    (tmp_path / "big.pt").write_bytes(b"x" * 1000)
+    box.artifact(tmp_path / "big.pt", "checkpoints")
+    seen = []
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        seen.append(box.stalled())
+        time.sleep(0.05)
+    assert box.drain(timeout=10)
+    assert max(seen) == 0.0 and box.outages == [], "a moving upload whose store answers is not an outage"
+    assert ("get_run",) in store.calls, "the store was asked while the upload moved"
+    assert ("artifact", "checkpoints") in store.calls
+    box.artifact(tmp_path / "big.pt", "checkpoints")
+    time.sleep(0.4)
+    store.down.set()  # the store goes away during the second upload
+    time.sleep(0.8)
+    assert box.stalled() >= box.answer_s, "an upload whose store stopped answering counts as an outage"
+    store.down.clear()
+    box.close()

@@ -64,7 +64,8 @@ class Block(nn.Module):
                  channels_per_head=64, dropout=0.0, skip_scale=1.0, eps=1e-5, resample_filter=(1, 1),
                  resample_proj=False, adaptive_scale=True):
         super().__init__()
-        self.in_channels, self.out_channels, self.dropout = c_in, c_out, dropout
+        self.in_channels, self.out_channels = c_in, c_out
+        self.drop = nn.Dropout(dropout)  # (a module, so that a student's dropout is set like any network's: 0)
         self.skip_scale, self.adaptive_scale = skip_scale, adaptive_scale
         self.num_heads = 0 if not attention else num_heads if num_heads is not None else c_out // channels_per_head
         self.norm0 = group_norm(c_in, eps)
@@ -89,7 +90,7 @@ class Block(nn.Module):
             h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
         else:
             h = F.silu(self.norm1(h + params))
-        h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
+        h = self.conv1(self.drop(h))
         x = (h + (self.skip(x) if self.skip is not None else x)) * self.skip_scale
         if self.num_heads:
             x = (self.proj(self._attend(self.qkv(self.norm2(x)), x.shape)) + x) * self.skip_scale

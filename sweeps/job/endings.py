@@ -12,7 +12,6 @@
   resumable: once there is room the same command goes on from the last checkpoint, in the same run.
 The error goes on to the sweeper (a failed trial), except where the process exits.
 """
-import errno
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..common.errors import fail
+from ..common.errors import disk_full, fail
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +59,6 @@ def endings(s, run):
         if not disk_full(e):
             raise
         failed(run, DiskFull(disk_full_line(s, run)), resumable=True, line=True)
-
-
-def disk_full(error: BaseException) -> bool:
-    """Whether `error`, or one it was raised from or while handling, is a full disk (or a full SQLite file)."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC or "database or disk is full" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 def disk_full_line(s, run) -> str:

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from distill_core.teacher import TeacherConfig
 
+from ..common.errors import disk_full
 from ..common.locks import exclusive
 from .base import Acquired
 from .reference import TeacherRef
@@ -103,7 +104,6 @@ class TrainedTeacher:
                 if lingering is None:  # the store took everything: registered now
                     version = self.hand_over(teacher, data, run_id)
             except Exception as e:  # the teacher's run ends FAILED with the reason
-                from ..job.endings import disk_full
                 with contextlib.suppress(Exception):  # (a full store records nothing: the rerun finds it RUNNING)
                     mlflow.set_tags({"failure": str(e), **({"resumable": "true"} if disk_full(e) else {})})
                     mlflow.end_run("FAILED")

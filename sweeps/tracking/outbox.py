@@ -14,6 +14,11 @@ once. MLflow's own HTTP retries can keep one attempt going for minutes, so the o
 by a failure: an attempt that has not answered within `answer_s` counts as the start of an outage. Every wait
 is recorded (`waits`, and a line in the job's log file: how long, why, how it ended).
 
+A large artifact (a published-size checkpoint is over a GB) can take longer than `answer_s` to move even when
+the store is fine. While an upload is in flight the outbox asks the store something cheap every `answer_s / 2`
+from a second thread (`_Probe`): as long as those questions are answered, the upload is moving, not an outage;
+once they stop being answered the outage counts from the last answer.
+
 How long an outage may last is the job's choice (`tracking.outage_limit_s`): past it, `stalled()`
 says so and the job stops after its next checkpoint, with one line; what is still queued is written
 to a file the resumed job delivers first (`replay`).
@@ -50,6 +55,7 @@ class Outbox:
         self.run_id, self.outage_limit_s, self.retry_s = run_id, float(outage_limit_s), float(retry_s)
         self.answer_s = float(answer_s)
         self._attempt_since = None  # monotonic start of the delivery attempt in flight
+        self._answered_at = None  # monotonic time the store last answered a probe during an upload in flight
         self.waits = []  # (why, seconds, how it ended): every time the training thread waited on the outbox
         self.tracking_uri, self.client = tracking_uri, client
         self._queue: "queue.Queue" = queue.Queue()
@@ -88,8 +94,10 @@ class Outbox:
         now, since, attempt = time.monotonic(), self._failing_since, self._attempt_since
         if since is not None:
             return now - since
-        if attempt is not None and now - attempt >= self.answer_s:
-            return now - attempt
+        if attempt is not None:
+            last = max(attempt, self._answered_at or attempt)  # (an upload whose probes are answered is moving)
+            if now - last >= self.answer_s:
+                return now - last
         return 0.0
 
     def answering(self) -> bool:
@@ -195,7 +203,8 @@ class Outbox:
                 self._in_flight_metrics = ()
             elif kind == "artifact":
                 staged, folder = payload
-                self._until_delivered(lambda: client.log_artifact(self.run_id, str(staged), folder))
+                with _Probe(self, client):
+                    self._until_delivered(lambda: client.log_artifact(self.run_id, str(staged), folder))
                 shutil.rmtree(staged.parent, ignore_errors=True)
             else:
                 fn, args, kwargs = payload
@@ -217,7 +226,8 @@ class Outbox:
                 time.sleep(self.retry_s)
                 continue
             self._attempt_since = None
-            if time.monotonic() - started >= self.answer_s and self._failing_since is None:
+            late = time.monotonic() - max(started, self._answered_at or started) >= self.answer_s
+            if late and self._failing_since is None:
                 self._outage_began(started, f"no answer within {self.answer_s:g} s")  # (it answered in the end)
             self._recovered()
             return
@@ -238,6 +248,33 @@ class Outbox:
             self.outages[-1][1] = time.time()
             log.warning("tracking: the store answers again after %.0f s; delivering what was kept", lasted)
             self._failing_since = None
+
+
+class _Probe:
+    """While an upload is in flight: a cheap question to the store every `answer_s / 2` from a thread of its own;
+    each answer sets the outbox's `_answered_at` (the upload is moving, the store answers)."""
+
+    def __init__(self, outbox: Outbox, client):
+        self.outbox, self.client, self.done = outbox, client, threading.Event()
+        self.thread = threading.Thread(target=self._ask, name="tracking-probe", daemon=True)
+
+    def __enter__(self):
+        self.outbox._answered_at = None
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.outbox._answered_at = None
+
+    def _ask(self) -> None:
+        while not self.done.wait(self.outbox.answer_s / 2):
+            try:
+                self.client.get_run(self.outbox.run_id)
+            except Exception:  # noqa: BLE001 (not answering: the outage counts from the last answer)
+                continue
+            if not self.done.is_set():
+                self.outbox._answered_at = time.monotonic()
 
 
 def log_batch(client, run_id: str, items) -> None:

@@ -26,6 +26,8 @@ from distill_core.checkpoint import CheckpointError, load_checked, save_atomic
 # We choose pickle deliberately when asked to; MLflow's warning about it would repeat every job.
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
+log = logging.getLogger(__name__)
+LARGE_BYTES = 20 * 2 ** 20  # a model whose registration is worth a line on the console
 PIP_REQUIREMENTS = ["torch", "torchvision", "distill-sweeps"]
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 WEIGHTS, CONFIG = "weights.pt", "config.json"
@@ -60,11 +62,28 @@ def signature(model):
 
 
 def input_example(model):
-    """Two noise images of the model's shape (seeded): shown on the model's page and used by MLflow to check
-    that the logged model loads and samples."""
+    """One noise image of the model's shape (seeded) and `steps=1`: shown on the model's page, and what MLflow runs
+    to check that the logged model loads and samples. One image at one step keeps that check to a network call or
+    two (a published-size teacher at its own 40 Heun steps on the CPU took minutes)."""
     import numpy as np
-    noise = np.random.default_rng(0).standard_normal((2, *model.data_shape)).astype(np.float32)
-    return noise if not model.num_classes else {"noise": noise, "labels": np.arange(2, dtype=np.int64) % model.num_classes}
+    noise = np.random.default_rng(0).standard_normal((1, *model.data_shape)).astype(np.float32)
+    data = noise if not model.num_classes else {"noise": noise, "labels": np.zeros(1, dtype=np.int64)}
+    return data, {"steps": 1}
+
+
+def weights_size(model) -> tuple[int, int]:
+    """(parameters, bytes of the state) of `model`."""
+    state = model.state_dict()
+    return (sum(p.numel() for p in model.parameters()),
+            sum(t.numel() * t.element_size() for t in state.values() if hasattr(t, "element_size")))
+
+
+def say_logging(model, name: str) -> None:
+    """A line on the console before a large model's upload and checks (the small ones take a moment)."""
+    count, size = weights_size(model)
+    level = logging.INFO if size >= LARGE_BYTES else logging.DEBUG
+    log.log(level, "registering the %s: %.1fM parameters, %.0f MB of weights: writing, uploading, then loading it "
+            "back once to check (one image, one step)", name, count / 1e6, size / 2 ** 20)
 
 
 def log_and_register(model, name: str, registered_name: str, tags: dict, run_id: str, pickle: bool = False,
@@ -94,6 +113,7 @@ def link_metrics(model_id: str, run_id: str, step: int) -> None:
 def log_model(model, name: str, pickle: bool = False, model_id: str | None = None,
               step: int | None = None) -> tuple[str, str]:
     """(the logged model's uri, the weights' sha256)."""
+    say_logging(model, name)
     with tempfile.TemporaryDirectory() as tmp:
         weights, config, digest = write_files(model, Path(tmp))
         if pickle:
@@ -208,7 +228,7 @@ def describe(client, registered_name: str, version: str, role: str, tags: dict) 
                 f"{tags.get('dataset')}, key {tags.get('teacher_key')}" + (f", from {tags['source']}" if "source" in tags else ""))
         client.update_model_version(registered_name, version, description=what)
     except mlflow.exceptions.MlflowException as e:  # a description is a courtesy: never fail a job over it
-        logging.getLogger(__name__).warning("could not describe %s/%s: %s", registered_name, version, e)
+        log.warning("could not describe %s/%s: %s", registered_name, version, e)
 
 
 def version_of(uri: str):
