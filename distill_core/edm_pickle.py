@@ -1,133 +1,108 @@
-"""NVlabs' EDM network pickles read as data: no code from the file ever runs.
+"""NVlabs' EDM network pickles read as data, the way a format parser reads its format: no code from the file ever
+runs, and nothing a file holds can crash, poison or exhaust the process.
 
-NVlabs publishes its EDM teachers as pickles written by `torch_utils.persistence`: each network object
-is stored as a call to `_reconstruct_persistent_obj(meta)`, where `meta` holds the *source code of its
-module* (`module_src`), its class name and its state (the object's `__dict__`: `_parameters`, `_buffers`,
-`_modules`, `init_kwargs`). NVlabs' loader `exec`s `module_src`: loading a file the usual way runs
-code from a download. This reader is a `pickle.Unpickler` whose `find_class` answers a short, fixed list
-of names and refuses every other with `RefusedGlobal` naming it:
+NVlabs publishes its EDM teachers as pickles written by `torch_utils.persistence`: each network object is stored
+as a call to `_reconstruct_persistent_obj(meta)`, where `meta` holds the *source code of its module*
+(`module_src`), its class name and its state (the object's `__dict__`: `_parameters`, `_buffers`, `_modules`,
+`_init_kwargs`). NVlabs' loader `exec`s `module_src`. This reader accepts what NVlabs' `persistence` +
+`pickle.dump` write and nothing else (`distill_core.edm_file`):
 
-- `torch_utils.persistence._reconstruct_persistent_obj` -> a `Record` (class name, module name, state);
-  `module_src` is read as a string and dropped, never compiled;
-- `torch.nn.modules.container.ModuleDict` / `ModuleList` / `Sequential` -> a `Record` of that name;
-- tensors through torch's own rebuild functions (`torch._utils._rebuild_tensor_v2`, `_rebuild_parameter`),
-  their storages through `torch.load(..., weights_only=True)` (a plain pickle stores each storage as
-  torch.save bytes, which `torch.storage._load_from_bytes` would load with weights_only=False);
-- plain containers and values: `collections.OrderedDict`, `dnnlib.EasyDict` (as a dict), numpy scalars
-  and dtypes, torch dtypes and `torch.Size`.
+- a closed grammar (`grammar`): the opcode stream is scanned first and any opcode outside NVlabs' format, or any
+  global the reader does not answer, is refused by name before anything is built; REDUCE and NEWOBJ call only
+  the reader's own per-read answers, BUILD gives state only to its own records (never to a function, a dtype, a
+  tensor), containers are filled only when they are plain;
+- tensors proved against their storages before they exist (`storage`): storages parsed from torch's legacy
+  layout by the reader itself, dtypes from a list, sizes and strides checked, every tensor within its storage,
+  the tensors' bytes no more than the storages' (the file's own size bounds everything: at most MAX_FILE_BYTES);
+- the network proved against its tensors before it is built (`arguments`): its recorded constructor arguments
+  type- and range-checked against the architecture, the network built on the meta device and compared parameter
+  by parameter with the file's tensors, only then allocated;
+- bounded work: names are strings of at most 256 characters, the module tree at most MAX_DEPTH deep and a tree
+  (a record met twice is refused), so any file is read or refused in time and memory proportional to its size.
 
-`network(path)` returns what a loader needs: the preconditioning record (the snapshot's `ema`), its
-network's class name and constructor arguments, and one flat state dict named as `nn.Module.state_dict`
-would name it.
+Every failure is one `EDMFileError` line (a ValueError). Needs torch >= 2.6 (pyproject): the reader never calls
+`torch.load` on the file, and older weights-only loaders have known bypasses elsewhere in the project.
+
+`network(path)` returns what a loader needs: the preconditioning record (the snapshot's `ema`), its network's
+class name and constructor arguments, and one flat state dict named as `nn.Module.state_dict` names it.
 """
-import collections
-import io
-import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
+from .edm_file.arguments import check_arguments, check_fit
+from .edm_file.errors import EDMFileError, NotEDM, Refused, RefusedGlobal, short
+from .edm_file.grammar import Strict, scan
+from .edm_file.values import Record, answers
 
-class RefusedGlobal(ValueError):
-    """The pickle asks for a global the reader does not answer (e.g. `os.system`)."""
+MAX_FILE_BYTES = 1536 * 2 ** 20  # a published EDM file is under 1.2 GB
+MAX_DEPTH = 32  # levels of modules below the preconditioning (EDM's are 4)
 
-
-class NotEDM(ValueError):
-    """The file is not a pickle of NVlabs' format (missing, truncated, or another kind of object)."""
-
-
-@dataclass
-class Record:
-    """An object as the file records it: never an instance of its class."""
-    class_name: str
-    module_name: str = ""
-    state: dict = field(default_factory=dict)
-
-    @property
-    def init_kwargs(self) -> dict:
-        return dict(self.state.get("_init_kwargs") or self.state.get("init_kwargs") or {})
-
-    def __setstate__(self, state):  # (a container module's BUILD)
-        self.state = dict(state)
-
-
-def _persistent(meta) -> Record:
-    meta = dict(meta)
-    if meta.get("type") != "class":
-        raise NotEDM(f"a persistent object of type {meta.get('type')!r}; NVlabs' networks are of type 'class'")
-    return Record(str(meta["class_name"]), str(meta.get("module_name", "")), dict(meta.get("state") or {}))
-
-
-def _container(name: str) -> type:
-    """A stand-in class for a torch container module (pickle's NEWOBJ needs a class): its instances are Records."""
-    return type(name, (Record,), {"__new__": lambda cls, *args: object.__new__(cls), "class_name": name,
-                                  "module_name": "torch.nn.modules.container", "state": {}})
-
-
-def _storage_from_bytes(data: bytes):
-    return torch.load(io.BytesIO(data), weights_only=True)
-
-
-def _numpy_scalar(dtype, data=None):
-    return np.frombuffer(data, dtype=dtype)[0] if data is not None else dtype.type()
-
-
-TORCH_DTYPES = {name: getattr(torch, name) for name in ("float16", "float32", "float64", "bfloat16", "int64",
-                                                          "int32", "uint8", "bool")}
-ANSWERS = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("dnnlib", "EasyDict"): dict, ("dnnlib.util", "EasyDict"): dict,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("torch", "Size"): torch.Size,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar, ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    **{("torch.nn.modules.container", n): _container(n) for n in ("ModuleDict", "ModuleList", "Sequential")},
-    **{("torch", n): v for n, v in TORCH_DTYPES.items()},
-}
-
-
-class _Reader(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return ANSWERS[(module, name)]
-        except KeyError:
-            raise RefusedGlobal(f"the pickle asks for {module}.{name}, which is refused: an EDM network file holds only "
-                                f"NVlabs' persistent records, tensors and plain values, and nothing from it runs") from None
-
-    def persistent_load(self, pid):
-        raise RefusedGlobal(f"the pickle holds a persistent id {str(pid)[:60]!r} (torch.save's format, not NVlabs')")
+__all__ = ["EDMFileError", "NotEDM", "Refused", "RefusedGlobal", "Record", "EDMFile", "read", "state_dict",
+           "network", "model_config", "build_model", "load_model", "MAX_FILE_BYTES"]
 
 
 def read(path) -> object:
-    """The file's top-level object with every network as a `Record`; RefusedGlobal / NotEDM (one line)."""
+    """The file's top-level object with every network as a `Record`; EDMFileError (one line) otherwise."""
     path = Path(path)
     if not path.is_file():
         raise NotEDM(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise Refused(f"{path}: {size / 2 ** 20:.0f} MB, more than an EDM network file holds "
+                      f"({MAX_FILE_BYTES / 2 ** 20:.0f} MB at most)")
+    table, _ = answers()
     try:
         with open(path, "rb") as f:
-            return _Reader(f).load()
-    except (RefusedGlobal, NotEDM):
-        raise
+            if f.read(4) == b"PK\x03\x04":
+                raise NotEDM("a zip archive (torch.save's format), not NVlabs' pickle")
+            f.seek(0)
+            scan(f, table)
+            return Strict(f, table).load()
+    except EDMFileError as e:
+        raise type(e)(f"{path}: {e}") from None
+    except RecursionError:
+        raise Refused(f"{path}: nested deeper than any NVlabs file") from None
     except Exception as e:  # noqa: BLE001 (a truncated or foreign file fails in many ways)
-        raise NotEDM(f"{path}: not a readable NVlabs pickle ({type(e).__name__}: {str(e)[:120]})") from None
+        raise NotEDM(f"{path}: not a readable NVlabs pickle ({type(e).__name__}: {short(str(e), 100)})") from None
 
 
-def state_dict(record: Record, prefix: str = "") -> dict:
-    """The flat `{name: tensor}` of a recorded module tree, named as `nn.Module.state_dict` names it."""
+def _entries(record: Record, kind: str) -> dict:
+    value = record.state.get(kind) or {}
+    if type(value) is not dict:
+        raise Refused(f"{record.class_name}'s {kind} is a {type(value).__name__}, not a dict")
+    return value
+
+
+def state_dict(record: Record, prefix: str = "", seen: Optional[set] = None, depth: int = 0) -> dict:
+    """The flat `{name: tensor}` of a recorded module tree, named as `nn.Module.state_dict` names it; the tree is
+    walked once (a record met twice, or deeper than MAX_DEPTH, is refused)."""
+    seen = set() if seen is None else seen
+    if id(record) in seen or depth > MAX_DEPTH:
+        raise Refused(f"the module tree {'re-uses a record' if id(record) in seen else 'is too deep'} at "
+                      f"{short(prefix) or 'its root'}: NVlabs' networks are trees of a few levels")
+    seen.add(id(record))
+    skip = record.state.get("_non_persistent_buffers_set") or set()
+    if type(skip) is not set:
+        raise Refused(f"{record.class_name}'s _non_persistent_buffers_set is not a set")
     out = {}
     for kind in ("_parameters", "_buffers"):
-        for name, value in (record.state.get(kind) or {}).items():
-            if value is not None and name not in set(record.state.get("_non_persistent_buffers_set") or ()):
-                out[prefix + name] = value.detach().clone() if isinstance(value, torch.Tensor) else value
-    for name, child in (record.state.get("_modules") or {}).items():
+        for name, value in _entries(record, kind).items():
+            if type(name) is not str or len(name) > 256:
+                raise Refused(f"a {kind[1:-1]} name that is not a short string under {short(prefix) or 'the root'}")
+            if value is not None and name not in skip:
+                if not isinstance(value, torch.Tensor):
+                    raise Refused(f"{short(prefix + name)} is a {type(value).__name__}, not a tensor")
+                out[prefix + name] = value
+    for name, child in _entries(record, "_modules").items():
+        if type(name) is not str or len(name) > 256:
+            raise Refused(f"a module name that is not a short string under {short(prefix) or 'the root'}")
         if isinstance(child, Record):
-            out.update(state_dict(child, f"{prefix}{name}."))
+            out.update(state_dict(child, f"{prefix}{name}.", seen, depth + 1))
+        elif child is not None:
+            raise Refused(f"{short(prefix + name)} is a {type(child).__name__}, not a recorded module")
     return out
 
 
@@ -142,16 +117,21 @@ class EDMFile:
 
 
 def network(path, key: Optional[str] = "ema") -> EDMFile:
-    """The preconditioned network of an EDM snapshot (`pickle.dump(dict(ema=net, ...))`, or the net itself)."""
+    """The preconditioned network of an EDM snapshot (`pickle.dump(dict(ema=net, ...))`, or the net itself), its
+    tensors named and checked to be a tree; EDMFileError (one line) otherwise."""
     top = read(path)
-    precond = top.get(key) if isinstance(top, dict) else top
+    precond = top.get(key) if type(top) is dict else top
     if not isinstance(precond, Record):
-        raise NotEDM(f"{path}: no NVlabs network under {key!r} (found {type(precond).__name__})")
-    inner = (precond.state.get("_modules") or {}).get("model")
-    if not isinstance(inner, Record):
-        raise NotEDM(f"{path}: {precond.class_name} holds no network under 'model'")
-    own = {k: v for k, v in precond.state.items() if not k.startswith("_") and k != "training"}  # sigma_data, ...
-    return EDMFile(precond.class_name, own, inner.class_name, inner.init_kwargs, state_dict(inner))
+        raise NotEDM(f"{path}: no NVlabs network under {key!r} (found a {type(precond).__name__})")
+    try:
+        inner = _entries(precond, "_modules").get("model")
+        if not isinstance(inner, Record):
+            raise NotEDM(f"{precond.class_name} holds no network under 'model'")
+        own = {k: v for k, v in precond.state.items() if type(k) is str and not k.startswith("_") and k != "training"
+               and type(v) in (int, float, str, bool, type(None))}  # sigma_data, label_dim, ... (plain values only)
+        return EDMFile(precond.class_name, own, inner.class_name, inner.init_kwargs, state_dict(inner))
+    except EDMFileError as e:
+        raise type(e)(f"{path}: {e}") from None
 
 
 SUPPORTED_PRECONDITIONING = ("EDMPrecond",)
@@ -159,30 +139,42 @@ SUPPORTED_PRECONDITIONING = ("EDMPrecond",)
 
 def model_config(f: EDMFile) -> tuple:
     """(data_shape, family, network_overrides) of a DiffusionModel for the file: EDMPrecond on the `edm` family
-    with the file's sigma_data; ValueError (one line) for another preconditioning or an unknown network."""
+    with the file's sigma_data; EDMFileError (one line) for another preconditioning, an unknown network or
+    arguments outside the architecture's."""
     from .models.edm_nets import ARCHITECTURES
     if f.precond not in SUPPORTED_PRECONDITIONING:
-        raise ValueError(f"the file's preconditioning is {f.precond}; supported: {', '.join(SUPPORTED_PRECONDITIONING)} "
-                         f"(EDM's own, the edm family; VP/VE-preconditioned files are refused)")
+        raise EDMFileError(f"the file's preconditioning is {short(f.precond)}; supported: "
+                           f"{', '.join(SUPPORTED_PRECONDITIONING)} (EDM's own, the edm family; VP/VE-preconditioned "
+                           f"files are refused)")
     if f.network not in ARCHITECTURES:
-        raise ValueError(f"the file's network is {f.network}, not known here (known: {', '.join(ARCHITECTURES)})")
-    kwargs = {k: v for k, v in f.network_kwargs.items() if k not in ("in_channels", "out_channels")}
-    shape = (int(f.network_kwargs["in_channels"]), int(kwargs["img_resolution"]), int(kwargs["img_resolution"]))
-    family = {"family": "edm", "sigma_data": float(f.precond_kwargs.get("sigma_data", 0.5))}
-    return shape, family, {"architecture": f.network, "kwargs": kwargs}
+        raise EDMFileError(f"the file's network is {short(f.network)}, not known here (known: {', '.join(ARCHITECTURES)})")
+    full = check_arguments(ARCHITECTURES[f.network], f.network_kwargs)
+    sigma_data = f.precond_kwargs.get("sigma_data", 0.5)
+    if type(sigma_data) not in (int, float) or not 0 < sigma_data <= 10:
+        raise Refused("the preconditioning's sigma_data is not a number in (0, 10]")
+    kwargs = {k: v for k, v in full.items() if k not in ("in_channels", "out_channels")}
+    if full["out_channels"] != full["in_channels"]:
+        raise Refused(f"a network of {full['in_channels']} input and {full['out_channels']} output channels "
+                      f"(EDM's denoisers give back what they take)")
+    shape = (full["in_channels"], kwargs["img_resolution"], kwargs["img_resolution"])
+    return shape, {"family": "edm", "sigma_data": float(sigma_data)}, {"architecture": f.network, "kwargs": kwargs}
 
 
 def build_model(f: EDMFile, family: Optional[dict] = None, info: Optional[dict] = None, where: str = "the file"):
     """A `DiffusionModel` carrying `f`'s network and weights, on the edm family (`family`: its sampler settings;
-    default: the file's sigma_data and EDM's defaults); ValueError (one line) where the tensors do not fit."""
+    default: the file's sigma_data and EDM's defaults). The network is proved against the tensors on the meta
+    device before it is allocated; EDMFileError (one line) where they do not fit."""
     from .diffusion import DiffusionModel
+    from .models.edm_nets import ARCHITECTURES
     shape, own, overrides = model_config(f)
+    check_fit(ARCHITECTURES[f.network], check_arguments(ARCHITECTURES[f.network], f.network_kwargs), f.state, where)
     model = DiffusionModel("edm", shape, family or own, network_overrides=overrides, info=info)
     try:
         model.net.inner.load_state_dict(f.state, strict=True)
-    except RuntimeError as e:
+    except RuntimeError as e:  # (a dtype the parameters cannot take)
         first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-        raise ValueError(f"{where}: the file's tensors do not fit the {f.network} its arguments describe ({first[:200]})") from None
+        raise EDMFileError(f"{where}: the file's tensors do not fit the {f.network} its arguments describe "
+                           f"({short(first, 200)})") from None
     return model.eval()
 
 

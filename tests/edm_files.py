@@ -41,10 +41,11 @@ class Build(NamedTuple):
 
 class Memo(NamedTuple):
     value: Any
+    label: str = ""  # a name for `Get` (the memo's index is the assembler's to count)
 
 
 class Get(NamedTuple):
-    index: int
+    index: Any  # a memo index, or a `Memo`'s label
 
 
 class Ops(NamedTuple):
@@ -55,6 +56,7 @@ class Assembler:
     def __init__(self, protocol: int = 4):
         self.out, self.protocol, self.memo = io.BytesIO(), protocol, 0
         self.globals = {}  # (module, name) -> memo index: each global written once, then fetched (as pickle does)
+        self.labels = {}  # Memo label -> memo index
 
     def op(self, code: bytes, arg: bytes = b"") -> None:
         self.out.write(code + arg)
@@ -84,9 +86,10 @@ class Assembler:
         elif isinstance(v, Build):
             self.emit(v.obj), self.emit(v.state), self.op(pickle.BUILD)
         elif isinstance(v, Memo):
-            self.emit(v.value), self.memoize()
+            self.emit(v.value)
+            self.labels[v.label] = self.memoize()
         elif isinstance(v, Get):
-            self.op(pickle.LONG_BINGET, struct.pack("<I", v.index))
+            self.op(pickle.LONG_BINGET, struct.pack("<I", self.labels.get(v.index, v.index)))
         elif isinstance(v, tuple):
             self.op(pickle.MARK), [self.emit(x) for x in v], self.op(pickle.TUPLE)
         elif isinstance(v, list):
@@ -195,18 +198,24 @@ def record(m: nn.Module, extra: dict = None):
                                                      children))
 
 
-def edm_file(model, sigma_data: float = 0.5) -> bytes:
+def edm_file(model, sigma_data: float = 0.5, kwargs: dict = None, top=None, network_class: str = None) -> bytes:
     """One of our EDM DiffusionModels (`model.net.inner`: SongUNet or DhariwalUNet) as NVlabs' snapshot file:
-    `{"ema": EDMPrecond(model=<the network>), "augment_pipe": None}`."""
+    `{"ema": EDMPrecond(model=<the network>), "augment_pipe": None}`. `kwargs`: recorded constructor arguments in
+    place of the network's own; `top(ema)`: what the file holds around the preconditioning record; `network_class`:
+    the network's recorded class name in place of its own."""
     net = model.net.inner
-    kwargs = {"in_channels": model.data_shape[0], "out_channels": model.data_shape[0], **model.net.kwargs}
+    kwargs = kwargs if kwargs is not None else \
+        {"in_channels": model.data_shape[0], "out_channels": model.data_shape[0], **model.net.kwargs}
     inner = record(net, {"_init_kwargs": kwargs})
+    if network_class:
+        inner = persistent(network_class, inner.args[0]["state"])
     label_dim = int(model.net.kwargs.get("label_dim") or 0)
     precond = {"img_resolution": model.data_shape[-1], "img_channels": model.data_shape[0], "label_dim": label_dim,
                "use_fp16": False, "sigma_min": 0, "sigma_max": float("inf"), "sigma_data": sigma_data}
     state = module_state(nn.Module(), {**precond, "_init_args": (),
                                        "_init_kwargs": {**precond, "model_type": type(net).__name__}}, {"model": inner})
-    return Assembler().dumps({"ema": persistent("EDMPrecond", state), "augment_pipe": None})
+    ema = persistent("EDMPrecond", state)
+    return Assembler().dumps(top(ema) if top else {"ema": ema, "augment_pipe": None})
 
 
 def write_edm_file(path, model, sigma_data: float = 0.5):

@@ -110,7 +110,12 @@ def test_bad_edm_teachers_are_one_line_and_exit_2_before_any_run(tmp_path):
              ([f"teacher.source=edm:{ASSETS / 'edm_vp_ddpmpp_uncond.pkl'}", "model.num_classes=10", *JOB],
               "is an unconditional teacher"),
              (["teacher.source=edm:http://127.0.0.1:9/edm-cifar10-32x32-uncond-vp.pkl", *JOB],
-              "cannot be downloaded .*pass teacher.source=edm:/path/to/edm-cifar10-32x32-uncond-vp.pkl")]
+              "cannot be downloaded .*pass teacher.source=edm:/path/to/edm-cifar10-32x32-uncond-vp.pkl"),
+             ([f"teacher.source=edm:{ASSETS / 'edm_vp_ddpmpp_uncond.pkl'}", f"teacher.sha256={'ab' * 32}", *JOB],
+              "its sha256 is [0-9a-f]{64}, not the teacher.sha256 pinned"),
+             ([f"teacher.source=edm:{ASSETS / 'edm_vp_ddpmpp_uncond.pkl'}", "teacher.sha256=1234", *JOB],
+              "teacher.sha256 must be null or a file's sha256"),
+             ([f"teacher.sha256={'ab' * 32}", *JOB], "teacher.sha256 pins an edm: file")]
     import re
     for args, words in cases:
         proc = processes.cli("sweeps.run", args, tmp_path)

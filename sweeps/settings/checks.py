@@ -155,6 +155,7 @@ def check_keys(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
     elif cfg.model.preset == "diffusers":
         raise ConfigError("model.preset=diffusers is the network of a teacher.source=diffusers:PATH or hf:REPO teacher; "
                           "to build one here pick ddpm_tiny, ddpm_small or ddpm_cifar10")
+    check_pin(cfg.teacher)
     if str(cfg.teacher.source).startswith("edm:") and cfg.diffusion.family != "edm":
         raise ConfigError(f"teacher.source={cfg.teacher.source} is an EDM-preconditioned network: it runs on the edm "
                           f"family; add diffusion=edm (diffusion.family is {cfg.diffusion.family})")
@@ -176,6 +177,17 @@ def check_keys(cfg: DictConfig) -> tuple[TeacherConfig, DistillConfig]:
     if not brings_family(cfg) and (cfg.data.name == "toy2d") != (cfg.model.preset == "mlp"):
         raise ConfigError(f"model.preset=mlp goes with data.name=toy2d only; got model.preset={cfg.model.preset}, data.name={cfg.data.name}")
     return teacher_config(cfg), distill_config(cfg)
+
+
+def check_pin(teacher) -> None:
+    """`teacher.sha256`: null, or the 64 hex digits of an edm: file's sha256."""
+    pin = teacher.get("sha256")
+    if pin is None:
+        return
+    if not (isinstance(pin, str) and len(pin) == 64 and all(c in "0123456789abcdefABCDEF" for c in pin)):
+        raise ConfigError(f"teacher.sha256 must be null or a file's sha256 (64 hexadecimal digits); got {pin!r}")
+    if not str(teacher.source).startswith("edm:"):
+        raise ConfigError(f"teacher.sha256 pins an edm: file; teacher.source={teacher.source} is not one (leave it null)")
 
 
 def check_eval(ev, objective: str) -> None:

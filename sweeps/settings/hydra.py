@@ -32,7 +32,8 @@ def from_hydra(cfg: DictConfig) -> JobSettings:
         fail(problem)
     overrides, cfg = hydra_overrides(), with_classes(without_hydra(cfg), tc.num_classes)
     return JobSettings(
-        teacher=tc, distill=dc, teacher_source=str(cfg.teacher.source), data=_pick(DataSettings, cfg.data),
+        teacher=tc, distill=dc, teacher_source=str(cfg.teacher.source), teacher_sha256=cfg.teacher.get("sha256"),
+        data=_pick(DataSettings, cfg.data),
         eval=_pick(EvalSettings, cfg.eval, ancestral_gammas=tuple(cfg.eval.ancestral_gammas)),
         tracking=_pick(TrackingSettings, cfg.tracking, experiment=cfg.experiment_name),
         registry=_pick(RegistrySettings, cfg.registry), seed=cfg.seed, objective=cfg.objective, device=device,
@@ -53,17 +54,24 @@ def params_of(cfg: DictConfig) -> dict:
 def with_classes(cfg: DictConfig, num_classes) -> DictConfig:
     """The job's config with `model.num_classes` as the number it resolved to (`auto`: the dataset's), which is
     what its key, params and resolved config carry; left out where null, so that the keys of unconditional
-    jobs are those they had before the key existed (a stored killed job still resumes). The same for
-    `eval.fid_ref`, added later too."""
+    jobs are those they had before the key existed (a stored killed job still resumes). The same for the keys
+    added later (`ADDED_LATER`)."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     if "model" in cfg:
         if num_classes:
             cfg.model.num_classes = int(num_classes)
         elif "num_classes" in cfg.model and cfg.model.num_classes is None:
             del cfg.model["num_classes"]
-    if "eval" in cfg and "fid_ref" in cfg.eval and cfg.eval.fid_ref is None:
-        del cfg.eval["fid_ref"]
+    for (group, key), neutral in ADDED_LATER.items():
+        if group in cfg and key in cfg[group] and cfg[group][key] == neutral:
+            del cfg[group][key]
     return cfg
+
+
+# Keys added after stores held jobs: left out of a job's config (its key, params, resolved config) while they hold
+# the value that changes nothing, so that a stored killed job still resumes under its old key.
+ADDED_LATER = {("eval", "fid_ref"): None, ("distill", "clip_teacher"): None, ("distill", "clip_self_teacher"): None,
+               ("distill", "nonfinite_grads"): "stop", ("teacher", "sha256"): None}
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:

@@ -71,6 +71,7 @@ class JobSettings:
     tracking: TrackingSettings
     registry: RegistrySettings
     seed: int = 0
+    teacher_sha256: Optional[str] = None  # teacher.sha256: the pinned hash of an edm: file (null: not pinned)
     objective: str = "gap"
     device: str = "cpu"  # resolved: cpu or cuda
     devices: int = 1

@@ -25,29 +25,59 @@ from .reference import TeacherError
 log = logging.getLogger(__name__)
 
 
-def download(url: str, cache_dir: Path) -> Path:
-    """`url`'s file in `cache_dir/edm/` (fetched once, written atomically, with a progress bar); TeacherError
-    (one line, saying what to do) where it cannot be fetched."""
-    target = Path(cache_dir).expanduser() / "edm" / hashlib.sha256(url.encode()).hexdigest()[:12] / Path(url).name
-    if target.is_file():
-        return target
+def download(url: str, cache_dir: Path, pin: str | None = None) -> Path:
+    """`url`'s file in `cache_dir/edm/<hash of the url>/<its safe basename>` (fetched once, written atomically, with
+    a progress bar, at most `edm_pickle.MAX_FILE_BYTES`); its sha256 checked against `pin` (teacher.sha256) after
+    the download and on every reuse of the cached copy. Plain http: only with a pin or from this machine.
+    TeacherError (one line, saying what to do) otherwise; a failed download leaves no `.part` behind."""
+    from urllib.parse import urlsplit
+
+    from distill_core.edm_pickle import MAX_FILE_BYTES
+    where = urlsplit(url)
+    if where.scheme == "http" and pin is None and where.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise TeacherError(f"teacher.source=edm:{url}: plain http: is refused (the bytes could be changed on the way); "
+                           f"use https:, or pin the file with teacher.sha256=<its sha256>")
+    name = safe_name(where.path)
+    target = Path(cache_dir).expanduser() / "edm" / hashlib.sha256(url.encode()).hexdigest()[:12] / name
+    if not target.is_file():
+        fetch(url, target, MAX_FILE_BYTES)
+    check_pin(f"teacher.source=edm:{url}", target, pin)
+    return target
+
+
+def safe_name(path: str) -> str:
+    """The last part of a URL's path as a plain file name (never `..`, a separator or empty)."""
+    name = "".join(c for c in path.rstrip("/").rsplit("/", 1)[-1] if c.isalnum() or c in "._-")[:100].lstrip(".")
+    return name or "network.pkl"
+
+
+def fetch(url: str, target: Path, limit: int) -> None:
     from tqdm.auto import tqdm
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(target.suffix + ".part")
+    partial = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out, \
                 tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
-                     desc=f"downloading {Path(url).name}") as bar:
+                     desc=f"downloading {target.name}") as bar:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
                 bar.update(len(block))
+                if out.tell() > limit:
+                    raise TeacherError(f"teacher.source=edm:{url}: more than {limit / 2 ** 20:.0f} MB, more than an EDM "
+                                       f"network file holds; refused")
+        os.replace(partial, target)
     except OSError as e:
-        partial.unlink(missing_ok=True)
         raise TeacherError(f"teacher.source=edm:{url}: cannot be downloaded ({type(e).__name__}: {str(e)[:80]}); "
                            f"download it where the internet is reachable and pass teacher.source=edm:/path/to/"
-                           f"{Path(url).name}") from None
-    os.replace(partial, target)
-    return target
+                           f"{target.name}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def check_pin(what: str, path: Path, pin: str | None) -> None:
+    if pin is not None and sha256(path) != pin.lower():
+        raise TeacherError(f"{what}: its sha256 is {sha256(path)}, not the teacher.sha256 pinned ({pin}); "
+                           f"the file changed, or the pin is another file's")
 
 
 def check_fits(source: str, shape: tuple, data_name: str) -> None:
@@ -70,7 +100,12 @@ class EDMTeacher:
         from ..settings.checks import teacher_classes_problem
         s = self.s
         remote = self.location.startswith(("http://", "https://"))
-        self.path = download(self.location, s.cache_dir) if remote else Path(self.location).expanduser()
+        pin = s.teacher_sha256
+        self.path = download(self.location, s.cache_dir, pin) if remote else Path(self.location).expanduser()
+        if not remote:
+            if not self.path.is_file():
+                raise TeacherError(f"teacher.source={self.source}: no such file")
+            check_pin(f"teacher.source={self.source}", self.path, pin)
         try:
             self.file = edm_pickle.network(self.path)
             self.shape, self.family, self.overrides = edm_pickle.model_config(self.file)
