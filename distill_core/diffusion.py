@@ -20,7 +20,7 @@ from torch import nn
 
 from . import families
 from .models import build_network
-from .samplers import run, run_ancestral
+from .samplers import run_ancestral
 
 
 def plain_call(net: nn.Module, z: torch.Tensor, cond: torch.Tensor, labels=None) -> torch.Tensor:
@@ -155,9 +155,7 @@ class DiffusionModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            noise = noise.to(self._device())
-            return run(lambda z, t, s: self.family.sample_step(model, z, t, s, clip), self.family.prior(noise),
-                       self.family.sampling_times(steps, noise.device), model.denoiser(clip), progress)
+            return self.family.sample_loop(model, noise.to(self._device()), steps, clip, progress)
         finally:
             self.train(was_training)
 

@@ -30,7 +30,9 @@ from .ema import EMA
 from .families import build as build_family
 from .images import grid_classes, save_class_grid, save_grid
 from .loop import NONFINITE, LoopSettings, run_updates
+from .families.consistency import check_times
 from .methods import build as build_method
+from .methods.cd import DISTANCES
 from .placement import Single
 from .weighting import check as check_weighting
 
@@ -64,10 +66,15 @@ class DistillConfig:
     compile: bool = False  # torch.compile the network calls (see DiffusionModel.use_fast_paths)
     precision: str = "bf16"  # the networks' precision on CUDA (bf16 autocast or fp32); targets stay float32
     parameterization: Optional[str] = None  # the student's output (None: the teacher's; e.g. an eps teacher's v student)
+    eval_steps: Sequence[int] = ()  # step counts the final student is also evaluated at (beyond the schedule's)
+    reference_steps: Optional[int] = None  # the teacher's step count of the gap's reference (None: the schedule's first)
+    cd_distance: str = "l2"  # cd: l2 | l1 | pseudo_huber
+    cd_huber_c: Optional[float] = None  # cd: pseudo-Huber's c (None: 0.00054 sqrt(pixels), iCT's)
+    cd_times: Optional[dict] = None  # cd: {step count: its intermediate grid indices} for multistep sampling
 
 
 CHOICES = {"lr_schedule": ("linear", "constant"), "loss_reduction": ("mean", "sum"), "ema_reset": ("none", "phase"),
-           "target_precision": ("float32", "float64"), "nonfinite_grads": NONFINITE}
+           "target_precision": ("float32", "float64"), "nonfinite_grads": NONFINITE, "cd_distance": DISTANCES}
 
 
 def clips(cfg: DistillConfig, method) -> tuple[bool, bool]:
@@ -105,6 +112,18 @@ def validate(cfg: DistillConfig) -> None:
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"distill.{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+    r = cfg.reference_steps
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+        raise ValueError(f"eval.reference_steps must be a positive integer or null (the schedule's first entry); got {r!r}")
+    e = list(cfg.eval_steps or ())
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in e):
+        raise ValueError(f"distill.eval_steps must be a list of positive integer step counts; got {e}")
+    c = cfg.cd_huber_c
+    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0):
+        raise ValueError(f"distill.cd_huber_c must be a number > 0 or null (0.00054 sqrt(pixels)); got {c!r}")
+    if cfg.cd_times is not None and not isinstance(cfg.cd_times, dict):
+        raise ValueError(f"distill.cd_times must be null or {{step count: [grid indices]}}; got {cfg.cd_times!r}")
+    check_times(cfg.cd_times, s[0])
     for key in ("clip_x", "clip_teacher", "clip_self_teacher"):
         if getattr(cfg, key) not in (None, True, False):
             raise ValueError(f"distill.{key} must be true, false or null; got {getattr(cfg, key)!r}")
@@ -129,6 +148,7 @@ class PhaseResult:
     teacher_steps: int
     steps: int
     metrics: dict
+    also: dict = field(default_factory=dict)  # {step count: metrics}: the final student judged at other counts too
 
 
 @dataclass
@@ -190,9 +210,10 @@ class Distiller:
 
     def _new_student(self, source: DiffusionModel) -> DiffusionModel:
         student = copy.deepcopy(source).train().requires_grad_(True)
-        student.family = source.family.for_student(self.cfg.schedule[0])  # samples with the student's jump
-        if self.cfg.parameterization not in (None, student.family.parameterization):  # same weights, new reading
-            student.family = student.family.replace(parameterization=self.cfg.parameterization)
+        family = source.family
+        if self.cfg.parameterization not in (None, family.parameterization):  # same weights, new reading
+            family = family.replace(parameterization=self.cfg.parameterization)
+        student.family = self.method.student_family(family, self.cfg)  # how it samples: DDIM jumps, consistency, ...
         set_dropout(student, 0.0)
         return student
 
@@ -287,7 +308,7 @@ class Distiller:
             z_t, target, t = z_t.clone(), target.clone(), t.clone()
         x_hat = self._x_hat if self._x_hat is not None else self.student.x_hat
         prediction = x_hat(z_t, t) if y is None else x_hat(z_t, t, labels=y)
-        loss = family.loss(cfg.weighting, t, prediction, target, cfg.loss_reduction)
+        loss = self.method.loss(family, cfg, t, prediction, target)
         if cfg.inject_nan_at is not None and self._global_step == cfg.inject_nan_at:
             loss = loss * float("nan")
         self._global_step += 1
@@ -303,13 +324,14 @@ class Distiller:
         if resumed:
             log.info("resuming distillation at phase %d, update %d", self.phase + 1, self.step)
         schedule = list(cfg.schedule)
-        reference = self._reference(schedule[0]) if self.placement.is_main else None  # (the other ranks only train)
+        base = cfg.reference_steps or schedule[0]
+        reference = self._reference(base) if self.placement.is_main else None  # (the other ranks only train)
         if self.num_classes and self.placement.is_main:  # (the overview figure labels the grids' rows by class)
             self.workdir.mkdir(parents=True, exist_ok=True)
             rows = grid_classes(self.eval_labels, self.num_classes)
             (self.workdir / "classes.json").write_text(json.dumps({"num_classes": int(self.num_classes), "rows": rows}))
         if reference is not None and not resumed:  # the teacher's grid from the same noise, beside the students'
-            grid = self._grid(reference, f"samples_teacher_{schedule[0]}steps.png")
+            grid = self._grid(reference, f"samples_teacher_{base}steps.png")
             self.callback.on_image(grid, grid.name, 0)
         n_phases, updates = len(schedule) - 1, phase_updates(cfg)
         self.starts = [sum(updates[:i]) for i in range(n_phases + 1)]  # cumulative updates before each phase
@@ -344,7 +366,7 @@ class Distiller:
                 log.info("stopped after phase %d/%d (%d steps) by the callback", p + 1, n_phases, student_steps)
                 break
         done = schedule[:self.phase + 1]  # all of it, unless stopped early
-        final = copy.deepcopy(self.teacher)  # after the last phase the teacher is the final student
+        final = copy.deepcopy(self.eval_model()).eval().requires_grad_(False)  # the last phase's evaluated student
         final.info = dict(self.original_teacher.info, role="student", method=cfg.method, schedule=done,
                           steps=done[-1], distilled_steps=done[1:], teacher_info=dict(self.original_teacher.info))
         return DistillResult(final, self.results, None if self.phase == n_phases else self.phase)
@@ -363,6 +385,13 @@ class Distiller:
             return save_grid(samples, self.workdir / name)
         return save_class_grid(samples, self.eval_labels, self.num_classes, self.workdir / name)
 
+    def _also_evaluated(self, p: int) -> list:
+        """The step counts the last phase's student is also judged at (`eval_steps` beyond the schedule's), largest
+        first."""
+        if p != len(self.cfg.schedule) - 2:
+            return []
+        return sorted({int(n) for n in self.cfg.eval_steps} - set(self.cfg.schedule[1:]), reverse=True)
+
     def _keep_going(self, p: int) -> bool:
         go = self.callback.keep_going(p, self.starts[p + 1], self.results[-1].metrics) \
             if self.placement.is_main else True
@@ -370,11 +399,15 @@ class Distiller:
 
     def _end_phase(self, p: int, teacher_steps: int, student_steps: int, reference: torch.Tensor) -> None:
         model = self.eval_model()
+        also = {}
+        if self.placement.is_main:
+            for steps in self._also_evaluated(p):  # (first: the phase's own count is the run's result, logged last)
+                also[steps] = self._evaluate(p, steps, model, reference)
         metrics = self._evaluate(p, student_steps, model, reference) if self.placement.is_main else {}
         self.placement.barrier()  # the other ranks wait for rank 0's evaluation
-        self.results.append(PhaseResult(p, teacher_steps, student_steps, metrics))
-        # hand over: the evaluated model becomes the next phase's teacher
-        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        self.results.append(PhaseResult(p, teacher_steps, student_steps, metrics, also))
+        if self.method.teacher_hands_over:  # the evaluated model becomes the next phase's teacher
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         if self.method.fresh_student_each_phase:
             self.student = self._new_student(self.teacher)
             self.ema_i = EMA(self.student, self.mu_i)

@@ -12,11 +12,11 @@ def captured_target(d, teacher_steps, student_steps):
     draw = d.method.draw(d.cfg.batch_size, d.cfg.schedule[0], teacher_steps, student_steps, g)
     captured = {}
 
-    def loss(kind, t, x_hat, target, reduction="mean"):
+    def loss(family, cfg, t, x_hat, target):
         captured.update(t=t, target=target)
         return (x_hat - target).pow(2).mean()
 
-    d.family.loss = loss
+    d.method.loss = loss  # (this distiller's method object only)
     d.loss(teacher_steps, student_steps)
     z_t = d.family.noise(x, d.family.time(draw["t"], d.cfg.schedule[0]), eps)
     return z_t, captured["target"], y, draw

@@ -95,7 +95,7 @@ def conditional_teacher(teacher):
     return out
 
 
-@pytest.mark.parametrize("method,conditional", [("tract", False), ("btd", False), ("tract", True)])
+@pytest.mark.parametrize("method,conditional", [("tract", False), ("btd", False), ("cd", False), ("tract", True)])
 def test_distillation_on_two_ranks_equals_one_device(teachers, digits, method, conditional, tmp_path):
     """(conditional: each rank draws its own labels with its own data; one label tensor per update.)"""
     teacher = conditional_teacher(teachers[1][0]) if conditional else teachers[1][0]

@@ -34,7 +34,7 @@ def test_experiment_composes_and_names_only_real_keys(name, scale):
                 one = compose("config", overrides=[f"+experiment={name}", f"scale={scale}", f"{key}={value}"])
             check(one)  # every cell of the sweep is a valid job
     assert cfg.experiment_name == f"ablation-{name}"
-    if name.startswith("tract_edm_"):  # the papers' EDM runs: their own data and NVlabs' teacher at either scale
+    if name.startswith("tract_edm_") or name.endswith("_edm"):  # the papers' EDM runs: their own data and NVlabs' teacher
         assert cfg.teacher.source.startswith("edm:https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-")
         assert cfg.diffusion.family == "edm" and cfg.eval.num_samples == 50000 and cfg.eval.fid_ref.endswith(".npz")
     elif scale == "paper":
@@ -154,3 +154,15 @@ def test_a_malicious_stored_param_is_refused_not_run(tmp_path):
         key({"distill.schedule": f"__import__('pathlib').Path({str(marker)!r}).touch()"})
     assert not marker.exists()
     assert key({"distill.schedule": "[256, 16, 1]"}) == "2 phase(s)"
+
+
+def test_the_three_methods_table_puts_the_papers_fid_beside_each_method_and_step_count():
+    from sweeps.tools.report.tables import table
+    runs = [{"key": m, "final": {}, "phases": {s: {"gap": g * s, "teacher_gap": 0.5, "fid": 10 * g / s} for s in (1, 2, 4)}}
+            for m, g in (("btd", 0.3), ("tract", 0.1), ("cd", 0.2))]
+    header, body, comparisons = table("three_methods_edm", runs)
+    rows = {(r[0], r[1]): dict(zip(header, r)) for r in body}
+    assert len(rows) == 9 and rows[("cd", "1")]["paper (FID)"] == "3.55" and rows[("btd", "2")]["paper (FID)"] == "5.58"
+    assert rows[("tract", "4")]["paper (FID)"] == "missing" and float(rows[("cd", "2")]["student FID"]) == pytest.approx(1.0)
+    what, ours, paper = comparisons[0]
+    assert what.startswith("FID") and ours[("btd", 1)] == pytest.approx(3.0) and paper[("tract", 2)] == 3.32

@@ -96,19 +96,21 @@ def test_teacher_training_is_deterministic_on_cpu(toy):
 
 
 @pytest.mark.parametrize("family,method,schedule", [
-    ("vp", "tract", [64, 8, 1]), ("vp", "btd", [64, 32, 16, 8, 4, 2, 1]),
-    ("edm", "tract", [40, 8, 1]), ("edm", "btd", [64, 32, 16, 8, 4, 2, 1])])
+    ("vp", "tract", [64, 8, 1]), ("vp", "btd", [64, 32, 16, 8, 4, 2, 1]), ("vp", "cd", [64, 1]),
+    ("edm", "tract", [40, 8, 1]), ("edm", "btd", [64, 32, 16, 8, 4, 2, 1]), ("edm", "cd", [18, 1])])
 def test_one_step_student_closes_at_least_half_the_teachers_gap(toy, request, noise, family, method, schedule, tmp_path):
     teacher = request.getfixturevalue("teacher" if family == "vp" else "edm_teacher")
     weighting = "truncated_snr" if family == "vp" else "edm"
     cfg = DistillConfig(method=method, schedule=schedule, updates_per_phase=1200 // (len(schedule) - 1),
-                        batch_size=256, lr=1e-3, checkpoint_every=0, weighting=weighting)
+                        batch_size=256, lr=1e-3, checkpoint_every=0, weighting=weighting,
+                        mu_s=0.95 if method == "cd" else 0.5, reference_steps=64 if family == "vp" else 40)
     result = distill(teacher, toy, cfg, tmp_path, progress=False, eval_noise=noise)
     last = result.phases[-1]
     assert last.steps == 1
     assert last.metrics["gap"] <= 0.5 * last.metrics["teacher_gap"], last.metrics
     # the returned model is the evaluated one and carries what it was distilled for
-    reference = teacher.sample(noise, schedule[0])
+    reference = teacher.sample(noise, cfg.reference_steps)
     assert gap(result.model, noise, 1, reference) == pytest.approx(last.metrics["gap"], rel=1e-5)
     assert result.model.info["method"] == method and result.model.info["distilled_steps"] == schedule[1:]
-    assert result.model.family.name == family and teacher.family.config()["family"] == family
+    read = result.model.family.inner if method == "cd" else result.model.family  # (cd: a consistency reading of it)
+    assert read.name == family and teacher.family.config()["family"] == family

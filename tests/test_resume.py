@@ -31,7 +31,7 @@ def setup(request):
     return toy, teacher
 
 
-@pytest.mark.parametrize("method", ["tract", "btd"])
+@pytest.mark.parametrize("method", ["tract", "btd", "cd"])
 def test_resume_after_a_crash_in_phase_two_gives_identical_weights(setup, method, tmp_path):
     toy, teacher = setup
     cfg = DistillConfig(method=method, schedule=[16, 4, 1], updates_per_phase=60, batch_size=64, lr=1e-3,

@@ -106,6 +106,13 @@ class NoiseFamily:
         distillation targets are also built from) unless a family samples as a reference library does."""
         return model.step(z, t, s, clip)
 
+    def sample_loop(self, model, noise: torch.Tensor, steps: int, clip: bool, progress=None) -> torch.Tensor:
+        """`model`'s deterministic `steps`-step sample from standard normal `noise`: its step along this family's
+        N-step times (a consistency model samples otherwise: `families.consistency`)."""
+        from ..samplers import run
+        return run(lambda z, t, s: self.sample_step(model, z, t, s, clip), self.prior(noise),
+                   self.sampling_times(steps, noise.device), model.denoiser(clip), progress)
+
     def ancestral_step(self, x_hat: torch.Tensor, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, gamma: float,
                        generator: Optional[torch.Generator]) -> torch.Tensor:
         """PD's stochastic step: z_s ~ N(mu(z_t, x_hat), (var_small)^(1 - gamma) (var_large)^gamma);

@@ -37,10 +37,11 @@ def summary(result, s, version: str) -> str:
     lines = [f"{s.what}: registered {version}", f"  {'phase':>5}  {'steps':>5}  {'student gap':>11}  "
              f"{'teacher gap':>11}  {'ratio':>6}" + (f"  {'class acc':>9}  {'teacher':>7}" if classes else "")]
     for p in result.phases:
-        gap, teacher = p.metrics.get("gap", float("nan")), p.metrics.get("teacher_gap", float("nan"))
-        ratio = gap / teacher if teacher else float("nan")
-        line = f"  {p.phase + 1:>5}  {p.steps:>5}  {gap:>11.4f}  {teacher:>11.4f}  {ratio:>6.2f}"
-        if classes:
-            line += f"  {p.metrics.get('class_acc', float('nan')):>9.3f}  {p.metrics.get('teacher_class_acc', float('nan')):>7.3f}"
-        lines.append(line)
+        for steps, metrics in [*sorted(p.also.items(), reverse=True), (p.steps, p.metrics)]:  # (the final student
+            gap, teacher = metrics.get("gap", float("nan")), metrics.get("teacher_gap", float("nan"))  # at other counts)
+            ratio = gap / teacher if teacher else float("nan")
+            line = f"  {p.phase + 1:>5}  {steps:>5}  {gap:>11.4f}  {teacher:>11.4f}  {ratio:>6.2f}"
+            if classes:
+                line += f"  {metrics.get('class_acc', float('nan')):>9.3f}  {metrics.get('teacher_class_acc', float('nan')):>7.3f}"
+            lines.append(line)
     return "\n".join(lines)

@@ -25,7 +25,7 @@ def distill_task(placement, device, teacher, data, dc, workdir, reporter: Option
     from distill_core.distill import Distiller
     callback = None
     if reporter is not None and placement.is_main:
-        callback = reporter.callback(data, device, teacher, dc.schedule[0])
+        callback = reporter.callback(data, device, teacher, dc.reference_steps or dc.schedule[0])
     return reported(callback, workdir, lambda: Distiller(
         teacher, data.to(device), dc, workdir, callback=callback, device=device, eval_noise=eval_noise,
         placement=placement).run())

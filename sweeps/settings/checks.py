@@ -52,6 +52,7 @@ def distill_config(cfg: DictConfig) -> DistillConfig:
     values["seed"] = cfg.seed
     values["compile"] = cfg.compile
     values["precision"] = cfg.precision
+    values["reference_steps"] = cfg.eval.get("reference_steps")
     values["parameterization"] = d.get("parameterization") if brings_family(cfg) else None  # else: the teacher's
     dc = DistillConfig(**values)
     try:

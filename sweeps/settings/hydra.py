@@ -71,7 +71,9 @@ def with_classes(cfg: DictConfig, num_classes) -> DictConfig:
 # Keys added after stores held jobs: left out of a job's config (its key, params, resolved config) while they hold
 # the value that changes nothing, so that a stored killed job still resumes under its old key.
 ADDED_LATER = {("eval", "fid_ref"): None, ("distill", "clip_teacher"): None, ("distill", "clip_self_teacher"): None,
-               ("distill", "nonfinite_grads"): "stop", ("teacher", "sha256"): None}
+               ("distill", "nonfinite_grads"): "stop", ("teacher", "sha256"): None, ("distill", "eval_steps"): [],
+               ("distill", "cd_distance"): "l2", ("distill", "cd_huber_c"): None, ("distill", "cd_times"): None,
+               ("eval", "reference_steps"): None}
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:

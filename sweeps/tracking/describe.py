@@ -34,9 +34,10 @@ def describe_run(result, what: str, version: str, teacher, experiment_id: str, t
              "", "```", f"{'steps':>5}  {'gap':>8}  {'teacher gap':>11}  {'gap ratio':>9}  {'pixel FD':>8}  {'FID':>7}"
              + (f"  {'class acc':>9}  {'teacher':>7}" if "class_acc" in m else "")]
     for p in result.phases:
-        pm = p.metrics
-        lines.append(f"{p.steps:>5}  {_f(pm.get('gap')):>8}  {_f(pm.get('teacher_gap')):>11}  {_f(_ratio(pm)):>9}  "
-                     f"{_f(pm.get('pixel_fd')):>8}  {_f(pm.get('fid')):>7}"
-                     + (f"  {_f(pm.get('class_acc')):>9}  {_f(pm.get('teacher_class_acc')):>7}" if "class_acc" in m else ""))
+        for steps, pm in [*sorted(p.also.items(), reverse=True), (p.steps, p.metrics)]:  # (also: other step counts)
+            lines.append(f"{steps:>5}  {_f(pm.get('gap')):>8}  {_f(pm.get('teacher_gap')):>11}  {_f(_ratio(pm)):>9}  "
+                         f"{_f(pm.get('pixel_fd')):>8}  {_f(pm.get('fid')):>7}"
+                         + (f"  {_f(pm.get('class_acc')):>9}  {_f(pm.get('teacher_class_acc')):>7}" if "class_acc" in m
+                            else ""))
     figure = [f"![teacher beside student, each phase](get-artifact?path=samples%2Foverview.png&run_uuid={run_id})"]
     return "\n".join(lines + ["```", ""] + (figure if run_id else []))

@@ -10,6 +10,11 @@ PD_TABLE1 = {("both", "snr"): (2.54, 2.78), ("both", "truncated_snr"): (2.47, 2.
              ("v", "snr_plus_one"): (2.49, 2.87)}
 
 
+# CIFAR-10 FID (1 / 2 steps) from EDM's teacher (DESIGN 3.12, notes/algorithms.md 4): method -> steps -> FID.
+THREE_METHODS_CIFAR10 = {("btd", 1): 8.34, ("btd", 2): 5.58, ("tract", 1): 3.78, ("tract", 2): 3.32, ("cd", 1): 3.55,
+                         ("cd", 2): 2.93}
+
+
 def n_phases(params) -> str:
     return f"{len(ast.literal_eval(params['distill.schedule'])) - 1} phase(s)"  # list reprs: literals only, no code
 
@@ -91,6 +96,17 @@ SPECS = {
     "tract_edm_imagenet64": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]), paper={1: 7.43, 2: 4.97},
                                  note="TRACT with NVlabs' class-conditional EDM teacher (edm-imagenet-64x64-cond-adm.pkl), "
                                       "ImageNet-64 FID at 50k samples against EDM's reference statistics"),
+    "three_methods": dict(axes=["distill.method"], layout="cell_steps", key=lambda p: p["distill.method"],
+                          steps=[1, 2, 4], columns=("gap", "teacher_gap", "pixel_fd", "fid", "class_acc"), paper={},
+                          note="BTD vs TRACT vs consistency distillation from one digits teacher, 600 updates each at "
+                               "batch 128, gaps to the teacher's 256-step samples; no paper numbers on digits. The gap "
+                               "pairs a sample with the teacher's from the same noise: multistep consistency sampling "
+                               "draws fresh noise at each step, so compare its 2 and 4 steps by pixel FD (or FID)"),
+    "three_methods_edm": dict(axes=["distill.method"], layout="cell_steps", key=lambda p: p["distill.method"],
+                              steps=[1, 2, 4], columns=("gap", "teacher_gap", "fid"), paper=THREE_METHODS_CIFAR10,
+                              note="CIFAR-10 FID at 50k samples from EDM's teacher: PD as cited by sCM (8.34 / 5.58), "
+                                   "TRACT (3.78 / 3.32), CD with LPIPS (3.55 / 2.93; ours: l2 or pseudo-Huber, LPIPS's "
+                                   "weights are a download)"),
     "pd_fid_vs_steps": dict(axes=["steps"], layout="steps", key=lambda p: int(p["seed"]),
                             paper={1: 9.12, 2: 4.51, 4: 3.00, 8: 2.57},
                             note="PD Table 2, distilled students' FID (the DDIM / stochastic curves of Fig. 4 "

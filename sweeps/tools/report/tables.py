@@ -51,6 +51,9 @@ def table(name: str, runs: list[dict]):
 
 
 CELL_STEPS = ("gap", "teacher_gap", "class_acc", "teacher_class_acc")
+COLUMN_NAMES = {"gap": "student gap", "teacher_gap": "teacher gap", "class_acc": "student class acc",
+                "teacher_class_acc": "teacher class acc", "pixel_fd": "student pixel FD", "fid": "student FID",
+                "kid": "student KID"}
 
 
 def base_class_acc(metrics: dict):
@@ -61,23 +64,30 @@ def base_class_acc(metrics: dict):
 
 
 def cell_steps_table(spec: dict, runs: list[dict]):
-    """A row per (cell, step count in `spec["steps"]`): each cell's phases at that count, averaged over its runs
-    (its seeds), the student beside the teacher at the same count; the teacher's class accuracy at its base steps."""
-    cells = {}
+    """A row per (cell, step count in `spec["steps"]`): each cell's evaluations at that count (a phase's, or the
+    final student's at `distill.eval_steps`), averaged over its runs (its seeds), the student beside the teacher at
+    the same count; `spec["columns"]` (default CELL_STEPS, then the teacher's class accuracy at its base steps).
+    A paper keyed by (cell, steps) is its last column, and the ordering is compared over those pairs."""
+    cells, columns = {}, spec.get("columns", CELL_STEPS)
     for r in runs:
         cells.setdefault(r["key"], []).append(r)
-    header = [" x ".join(spec["axes"]), "steps", "runs", "student gap", "teacher gap", "student class acc",
-              "teacher class acc", "teacher class acc at its base steps"]
+    per_step_paper = any(isinstance(k, tuple) for k in spec["paper"])
+    header = [" x ".join(spec["axes"]), "steps", "runs", *(COLUMN_NAMES[m] for m in columns)]
+    header += ["paper (FID)"] if per_step_paper else ["teacher class acc at its base steps"]
     body, ours = [], {}
     for k in sorted_keys(cells):
         base = mean([base_class_acc(r["final"]) for r in cells[k]])
         for steps in spec["steps"]:
             found = [r["phases"][steps] for r in cells[k] if steps in r["phases"]]
-            avg = {m: mean([f.get(m) for f in found]) for m in CELL_STEPS}
-            body.append([label(k), str(steps), str(len(found)), *(fmt(avg[m]) for m in CELL_STEPS), fmt(base)])
-            if steps == min(spec["steps"]):
+            avg = {m: mean([f.get(m) for f in found]) for m in columns}
+            last = fmt(spec["paper"].get((k, steps))) if per_step_paper else fmt(base)
+            body.append([label(k), str(steps), str(len(found)), *(fmt(avg[m]) for m in columns), last])
+            if per_step_paper:
+                ours[(k, steps)] = avg["fid"] if avg.get("fid") is not None else avg["gap"]
+            elif steps == min(spec["steps"]):
                 ours[k] = avg["gap"]
-    return header, body, [("1-step gap", ours, dict(spec["paper"]))]
+    what = "FID (gap where no FID)" if per_step_paper else "1-step gap"
+    return header, body, [(what, ours, dict(spec["paper"]))]
 
 
 def steps_table(spec: dict, runs: list[dict]):
