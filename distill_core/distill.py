@@ -202,7 +202,8 @@ class Distiller:
         self.phase, self.step, self._global_step = 0, 0, 0
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.student = self._new_student(self.teacher)
-        self.self_teacher = EMA(self.student, cfg.mu_s) if self.method.self_teacher else None
+        self.self_teacher = EMA(self.student, cfg.mu_s, self.method.bias_corrected_self_teacher) \
+            if self.method.self_teacher else None
         self.ema_i = EMA(self.student, self.mu_i)
         self.optimizer = self._new_optimizer()
         self.results: list[PhaseResult] = []

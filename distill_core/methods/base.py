@@ -21,6 +21,7 @@ class Method:
     name = "?"
     clip_default = False  # clip x_hat in the teacher's and self-teacher's steps unless distill.clip_x says otherwise
     self_teacher = False  # keeps an EMA of the student (momentum distill.mu_s) that teaches its own jumps
+    bias_corrected_self_teacher = True  # its EMA as TRACT's (the first update copies); False: a plain EMA (CD's)
     fresh_student_each_phase = False  # each phase restarts student, optimizer and inference EMA from the teacher
     teacher_hands_over = True  # the evaluated student becomes the next phase's teacher (else: one teacher throughout)
 

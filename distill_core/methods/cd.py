@@ -50,6 +50,7 @@ class CD(Method):
     name = "cd"
     clip_default = False  # the paper's target is the target network's unclipped output
     self_teacher = True  # the target network: an EMA of the student (momentum distill.mu_s)
+    bias_corrected_self_teacher = False  # openai/consistency_models' update_ema: a plain EMA from the first update
     teacher_hands_over = False  # one teacher: each phase goes on distilling the same ODE
 
     def draw(self, batch, base, teacher_steps, student_steps, generator):
