@@ -146,3 +146,17 @@ def test_the_runners_cd_target_and_loss(tmp_path):
 def test_bad_cd_keys_are_one_line_naming_the_key(changes, message):
     with pytest.raises(ValueError, match=message):
         validate(DistillConfig(**{"method": "cd", "schedule": [8, 1], **changes}))
+
+
+def test_the_target_network_is_a_plain_ema_as_openais_update_ema(tmp_path):
+    from distill_core.ema import EMA
+    source, start = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    plain, corrected = EMA(start, 0.95, bias_correction=False), EMA(start, 0.95)
+    plain.update(source)
+    corrected.update(source)
+    torch.testing.assert_close(plain.module.weight, 0.95 * start.weight + 0.05 * source.weight)  # targ*rate + src*(1-rate)
+    torch.testing.assert_close(corrected.module.weight, source.weight)  # TRACT's: the first update copies
+    _, teacher = student_and_teacher()
+    d = Distiller(teacher, D.load("digits"), DistillConfig(method="cd", schedule=[8, 1], checkpoint_every=0), tmp_path,
+                  progress=False)
+    assert d.self_teacher.bias_correction is False and d.ema_i.bias_correction is True
