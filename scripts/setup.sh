@@ -27,7 +27,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 echo "[setup] installing the pinned set into $VENV (first time: ~3 min)"
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test,postgres]" > "$VENV/setup.log" 2>&1 \
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test,postgres,docs]" > "$VENV/setup.log" 2>&1 \
   || { tail -20 "$VENV/setup.log"; echo "[setup] pip install failed (log: $VENV/setup.log)"; exit 1; }
 "$VENV/bin/python" -c "import torch, torchvision, mlflow, optuna, hydra, torch_fidelity, distill_core, sweeps" \
   || { echo "[setup] install failed"; exit 1; }
