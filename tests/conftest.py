@@ -47,8 +47,9 @@ def random_denoiser(dim_shape=(1, 4, 4), seed=0):
 # The longest files first (measured: tests/README.md), so that parallel runs (`-n 2 --dist loadfile`) do not end on
 # one long file; the rest keep their order.
 LONGEST_FIRST = ["test_conditioning.py", "test_diffusers_teacher.py", "test_reliability.py", "test_sweeps.py",
-                 "test_distributed_jobs.py", "test_edm_source.py", "test_team.py", "test_auth.py", "test_fid.py",
-                 "test_damaged.py", "test_browser.py", "test_distributed.py", "test_experiments.py", "test_learning.py"]
+                 "test_three_methods.py", "test_distributed_jobs.py", "test_published_size.py", "test_edm_source.py",
+                 "test_team.py", "test_auth.py", "test_fid.py", "test_damaged.py", "test_browser.py",
+                 "test_distributed.py", "test_experiments.py", "test_learning.py", "test_edm_hostile.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
