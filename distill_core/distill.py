@@ -28,9 +28,9 @@ from .data import TensorData
 from .diffusion import DiffusionModel
 from .ema import EMA
 from .families import build as build_family
+from .families.consistency import check_times
 from .images import grid_classes, save_class_grid, save_grid
 from .loop import NONFINITE, LoopSettings, run_updates
-from .families.consistency import check_times
 from .methods import build as build_method
 from .methods.cd import DISTANCES
 from .placement import Single
@@ -227,7 +227,8 @@ class Distiller:
 
     # --- checkpoints ---
     def state(self) -> dict:
-        teacher = self.teacher.state_dict() if self.phase > 0 else None  # (phase 1's is the job's teacher: not saved)
+        handed = self.phase > 0 and self.method.teacher_hands_over
+        teacher = self.teacher.state_dict() if handed else None  # (still the job's own teacher: not saved again)
         return {"phase": self.phase, "step": self.step, "teacher": teacher,
                 "teacher_family": self.teacher.family.config(),  # after phase 1 the teacher is a student
                 "student": self.student.state_dict(), "ema_i": self.ema_i.state_dict(),

@@ -11,6 +11,7 @@ parallelism (`placement`) the logged loss is the global batch's (averaged over t
 logging intervals only); the caller gives the other ranks a silent callback and no checkpoints.
 """
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -74,11 +75,7 @@ def run_updates(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
     callback = callback or Callback()
     placement = placement or Single()
     model.train()
-    device = next(model.parameters()).device
-    running = torch.zeros((), device=device)
-    zeroing = settings.nonfinite == "zero"
-    finite, zeroed, warned = torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device), False
-    since_log = 0
+    window, warned = Window(settings, next(model.parameters()).device), False
     bar = tqdm(range(start, settings.updates), desc=settings.desc, disable=None if settings.progress else True,
                initial=start, total=settings.updates, leave=False, mininterval=2.0)
     for step in bar:
@@ -87,56 +84,75 @@ def run_updates(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
         loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if zeroing:
-            zeroed += zero_nonfinite(model.parameters())
+        window.zeroed(model)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         for ema in emas:
             ema.update(model)
-        if zeroing:  # (the mean of the finite losses is logged)
-            ok = torch.isfinite(loss.detach())
-            running += torch.where(ok, loss.detach(), torch.zeros_like(running))
-            finite += ok
-        else:
-            running += loss.detach()
-        since_log += 1
+        window.add(loss)
         last = step + 1 == settings.updates
-        if since_log == settings.log_every or last:
-            metrics = window_metrics(settings, placement, running, finite if zeroing else since_log, zeroed, grad_norm,
-                                     step)
-            if zeroing and metrics[f"{settings.metric_prefix}/nonfinite_grads"] and not warned:
-                warned = True
-                log.warning("%s: %d non-finite gradient elements by update %d, set to 0 (+-inf to +-1e5) and the "
-                            "updates taken (distill.nonfinite_grads=zero, as ml-tract); counted in %s/nonfinite_grads",
-                            settings.desc, metrics[f"{settings.metric_prefix}/nonfinite_grads"], step + 1,
-                            settings.metric_prefix)
-            mean_loss = metrics[f"{settings.metric_prefix}/loss"]
+        if window.updates == settings.log_every or last:
+            metrics = window.metrics(placement, grad_norm, step)
+            warned = warned or say_zeroed(settings, metrics, step)
             metrics[f"{settings.metric_prefix}/lr"] = optimizer.param_groups[0]["lr"]
             callback.on_metrics(metrics, step_offset + step + 1)
+            mean_loss = metrics[f"{settings.metric_prefix}/loss"]
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
             if bar.disable and settings.progress and (step + 1) % max(settings.log_every, settings.updates // 10) == 0:
                 log.info("%s: %d/%d updates, loss %.4f", settings.desc, step + 1, settings.updates, mean_loss)
-            running.zero_()
-            finite.zero_()
-            zeroed.zero_()
-            since_log = 0
+            window.reset()
         if save_checkpoint and settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and not last:
             save_checkpoint(step + 1)
     bar.close()
 
 
-def window_metrics(settings: LoopSettings, placement, running: torch.Tensor, count, zeroed: torch.Tensor,
-                   grad_norm: torch.Tensor, step: int) -> dict:
-    """A logging window's mean loss (over the ranks; under `nonfinite="zero"` over its finite losses, with the
-    count of zeroed gradient elements); DivergenceError when the loss or the gradient is not finite (under
-    `zero`: when no loss of the window was)."""
-    count = float(placement.mean(count.float())) if torch.is_tensor(count) else count
-    mean_loss = float(placement.mean(running)) / count if count else float("nan")
-    finite = torch.isfinite(torch.tensor(mean_loss)) and (settings.nonfinite == "zero" or torch.isfinite(grad_norm))
-    if not finite:
-        raise DivergenceError(f"non-finite loss or gradient in {settings.desc} at update {step + 1} "
-                              f"(loss={mean_loss}, grad_norm={float(grad_norm)})")
-    metrics = {f"{settings.metric_prefix}/loss": mean_loss}
-    if settings.nonfinite == "zero":
-        metrics[f"{settings.metric_prefix}/nonfinite_grads"] = int(zeroed)  # (the same on every rank: DDP's gradients)
-    return metrics
+class Window:
+    """A logging window: the running loss (under `nonfinite="zero"`, of its finite losses only) and the gradient
+    elements zeroed, kept on the device (read only when the window closes: no host sync per update)."""
+
+    def __init__(self, settings: LoopSettings, device):
+        self.settings, self.zeroing = settings, settings.nonfinite == "zero"
+        self.loss, self.finite = torch.zeros((), device=device), torch.zeros((), device=device)
+        self.zeros, self.updates = torch.zeros((), dtype=torch.int64, device=device), 0
+
+    def zeroed(self, model) -> None:
+        if self.zeroing:
+            self.zeros += zero_nonfinite(model.parameters())
+
+    def add(self, loss: torch.Tensor) -> None:
+        loss = loss.detach()
+        if self.zeroing:
+            ok = torch.isfinite(loss)
+            loss = torch.where(ok, loss, torch.zeros_like(loss))
+            self.finite += ok
+        self.loss += loss
+        self.updates += 1
+
+    def metrics(self, placement, grad_norm: torch.Tensor, step: int) -> dict:
+        """The window's mean loss over the ranks (and, under `zero`, the zeroed count); DivergenceError when the
+        loss or the gradient is not finite (under `zero`: when no loss of the window was)."""
+        s = self.settings
+        count = float(placement.mean(self.finite)) if self.zeroing else self.updates
+        mean_loss = float(placement.mean(self.loss)) / count if count else float("nan")
+        if not (math.isfinite(mean_loss) and (self.zeroing or torch.isfinite(grad_norm))):
+            raise DivergenceError(f"non-finite loss or gradient in {s.desc} at update {step + 1} "
+                                  f"(loss={mean_loss}, grad_norm={float(grad_norm)})")
+        out = {f"{s.metric_prefix}/loss": mean_loss}
+        if self.zeroing:
+            out[f"{s.metric_prefix}/nonfinite_grads"] = int(self.zeros)  # (the same on every rank: DDP's gradients)
+        return out
+
+    def reset(self) -> None:
+        self.loss.zero_(), self.finite.zero_(), self.zeros.zero_()
+        self.updates = 0
+
+
+def say_zeroed(settings: LoopSettings, metrics: dict, step: int) -> bool:
+    """The first window with zeroed gradient elements, named on the console; True once said."""
+    count = metrics.get(f"{settings.metric_prefix}/nonfinite_grads")
+    if not count:
+        return False
+    log.warning("%s: %d non-finite gradient elements by update %d, set to 0 (+-inf to +-1e5) and the updates taken "
+                "(distill.nonfinite_grads=zero, as ml-tract); counted in %s/nonfinite_grads", settings.desc, count,
+                step + 1, settings.metric_prefix)
+    return True
