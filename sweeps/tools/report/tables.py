@@ -71,17 +71,21 @@ def cell_steps_table(spec: dict, runs: list[dict]):
     cells, columns = {}, spec.get("columns", CELL_STEPS)
     for r in runs:
         cells.setdefault(r["key"], []).append(r)
+    measured = {m for r in runs for f in r["phases"].values() for m, v in f.items() if v is not None}
+    columns = [m for m in columns if m in ("gap", "teacher_gap") or m in measured]  # (what no run measured: left out)
     per_step_paper = any(isinstance(k, tuple) for k in spec["paper"])
-    header = [" x ".join(spec["axes"]), "steps", "runs", *(COLUMN_NAMES[m] for m in columns)]
-    header += ["paper (FID)"] if per_step_paper else ["teacher class acc at its base steps"]
+    bases = {k: mean([base_class_acc(r["final"]) for r in cells[k]]) for k in cells}
+    last_column = "paper (FID)" if per_step_paper else \
+        "teacher class acc at its base steps" if any(v is not None for v in bases.values()) else None
+    header = [" x ".join(spec["axes"]), "steps", "runs", *(COLUMN_NAMES[m] for m in columns)] + \
+        ([last_column] if last_column else [])
     body, ours = [], {}
     for k in sorted_keys(cells):
-        base = mean([base_class_acc(r["final"]) for r in cells[k]])
         for steps in spec["steps"]:
             found = [r["phases"][steps] for r in cells[k] if steps in r["phases"]]
             avg = {m: mean([f.get(m) for f in found]) for m in columns}
-            last = fmt(spec["paper"].get((k, steps))) if per_step_paper else fmt(base)
-            body.append([label(k), str(steps), str(len(found)), *(fmt(avg[m]) for m in columns), last])
+            last = [fmt(spec["paper"].get((k, steps)) if per_step_paper else bases[k])] if last_column else []
+            body.append([label(k), str(steps), str(len(found)), *(fmt(avg[m]) for m in columns), *last])
             if per_step_paper:
                 ours[(k, steps)] = avg["fid"] if avg.get("fid") is not None else avg["gap"]
             elif steps == min(spec["steps"]):
