@@ -115,7 +115,7 @@ def test_compose_file_follows_the_compose_specification():
 def test_dockerfile_installs_the_same_pinned_set_as_the_readme():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     setup = (REPO / "scripts" / "setup.sh").read_text()
-    install = '-m pip install -q -c constraints.txt -e ".[test,postgres]"'
+    install = '-m pip install -q -c constraints.txt -e ".[test,postgres,docs]"'
     assert install in dockerfile and install in setup
     assert "COPY pyproject.toml constraints.txt" in dockerfile
 
