@@ -224,12 +224,12 @@ def test_a_large_upload_that_moves_is_not_an_outage_and_one_whose_store_stops_an
     declared, none is counted, and the upload arrives. If the store stops answering mid-upload, the outage
     counts from its last answer."""
     client, run_id = run
-    store = SlowUpload(client, upload_s=1.5)
-    box = Outbox(run_id, outage_limit_s=60, retry_s=0.05, answer_s=0.3, client=store)
+    store = SlowUpload(client, upload_s=3.0)  # (three times the answer time; a probe every 0.5 s: slack for a busy CI)
+    box = Outbox(run_id, outage_limit_s=60, retry_s=0.05, answer_s=1.0, client=store)
     (tmp_path / "big.pt").write_bytes(b"x" * 1000)
     box.artifact(tmp_path / "big.pt", "checkpoints")
     seen = []
-    deadline = time.monotonic() + 1.2
+    deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
         seen.append(box.stalled())
         time.sleep(0.05)
@@ -238,9 +238,9 @@ def test_a_large_upload_that_moves_is_not_an_outage_and_one_whose_store_stops_an
     assert ("get_run",) in store.calls, "the store was asked while the upload moved"
     assert ("artifact", "checkpoints") in store.calls
     box.artifact(tmp_path / "big.pt", "checkpoints")
-    time.sleep(0.4)
+    time.sleep(0.7)
     store.down.set()  # the store goes away during the second upload
-    time.sleep(0.8)
+    time.sleep(2.0)
     assert box.stalled() >= box.answer_s, "an upload whose store stopped answering counts as an outage"
     store.down.clear()
     box.close()
