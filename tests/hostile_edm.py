@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from edm_files import (REBUILD_TENSOR, STORAGE, Assembler, Build, Call, Get, Global, Memo, New, Ops, ORDERED,
-                       edm_file, parameter, persistent, storage_bytes, tensor)
+from edm_files import (REBUILD_TENSOR, STORAGE, Assembler, Build, Call, Get, Global, Memo, New, ORDERED,
+                       edm_file, persistent, storage_bytes, tensor)
 
 HEADROOM = 1536 * 2 ** 20  # the address space a read may add to the process (bytes)
 SMALL = dict(img_resolution=8, model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],

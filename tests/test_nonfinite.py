@@ -64,7 +64,7 @@ def test_zero_takes_the_step_on_the_cleaned_gradient_and_says_so_once(caplog):
         run_updates(model, torch.optim.Adam(model.parameters(), lr=1e-2), poisoned_loss(model, {2, 5}, [0]),
                     settings("zero"), callback=calls)
     # ml-tract's update, written out: the same loss, nan_to_num on the gradients, Adam's step
-    opt, counter, loss = torch.optim.Adam(reference.parameters(), lr=1e-2), [0], poisoned_loss(reference, {2, 5}, [0])
+    opt, loss = torch.optim.Adam(reference.parameters(), lr=1e-2), poisoned_loss(reference, {2, 5}, [0])
     for _ in range(6):
         opt.zero_grad()
         loss().backward()
